@@ -1,0 +1,477 @@
+#include "table/conn_table.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+
+namespace ctsync::table {
+namespace {
+
+constexpr int kTickShift = 25;  // a wheel tick is 2^25 ns, about 33.5 ms
+constexpr uint32_t kWheelSlots = 8192;  // horizon about 275 s; later expiries are re-filed
+constexpr uint32_t kEvictionRange = 8;  // NF_CT_EVICTION_RANGE
+constexpr uint32_t kSmartEvictionRange = 32;
+constexpr uint32_t kGcBucketsPerStep = 64;
+constexpr Nanos kNever = std::numeric_limits<Nanos>::max();
+
+inline uint64_t mum(uint64_t a, uint64_t b) {
+  const __uint128_t r = static_cast<__uint128_t>(a) * b;
+  return static_cast<uint64_t>(r >> 64) ^ static_cast<uint64_t>(r);
+}
+inline uint32_t load32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+inline uint64_t load64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+inline uint64_t tickOf(Nanos t) { return t <= 0 ? 0 : static_cast<uint64_t>(t) >> kTickShift; }
+inline uint32_t wholeSeconds(Nanos t) {
+  return t <= 0 ? 0 : static_cast<uint32_t>(static_cast<uint64_t>(t) / kSecond);
+}
+uint32_t roundUpPow2(uint32_t v) {
+  uint32_t p = 1;
+  while (p < v && p < (1u << 30)) p <<= 1;
+  return p;
+}
+
+}  // namespace
+
+ConnTable::ConnTable(const TableSettings& settings, uint64_t hashSeed) : settings_(settings) {
+  if (settings_.maxEntries == 0) settings_.maxEntries = 1;
+  if (settings_.maxEntries > (1u << 30)) settings_.maxEntries = 1u << 30;
+  seed_[0] = mum(hashSeed ^ 0x9e3779b97f4a7c15ull, 0xbf58476d1ce4e5b9ull) | 1;
+  seed_[1] = mum(hashSeed ^ 0x94d049bb133111ebull, 0x2545f4914f6cdd1dull) | 1;
+  const uint32_t nb = roundUpPow2(std::max<uint32_t>(settings_.buckets, 1));
+  mask_ = nb - 1;
+  buckets_ = std::make_unique<uint32_t[]>(nb);
+  std::fill_n(buckets_.get(), nb, kNil);
+  // calloc: the kernel hands out zeroed pages lazily, so an idle table costs no resident memory.
+  entries_ = static_cast<Entry*>(std::calloc(settings_.maxEntries, sizeof(Entry)));
+  if (entries_ == nullptr) throw std::bad_alloc();
+  wheel_.assign(kWheelSlots, kNil);
+}
+
+ConnTable::~ConnTable() { std::free(entries_); }
+
+uint64_t ConnTable::hash(const Tuple& t, uint16_t zone) const {
+  uint64_t a;
+  if (t.l3 == L3::kIpv4) {
+    a = (uint64_t{load32(t.src.bytes.data())} << 32) | load32(t.dst.bytes.data());
+  } else {
+    a = mum(load64(t.src.bytes.data()) ^ seed_[1], load64(t.src.bytes.data() + 8) ^ seed_[0]) ^
+        mum(load64(t.dst.bytes.data()) ^ seed_[0], load64(t.dst.bytes.data() + 8) ^ seed_[1]);
+  }
+  const uint64_t b = (uint64_t{t.sport} << 48) | (uint64_t{t.dport} << 32) |
+                     (uint64_t{t.l4} << 24) | (uint64_t{static_cast<uint8_t>(t.l3)} << 16) | zone;
+  return mum(a ^ seed_[0], b ^ seed_[1]);
+}
+
+void ConnTable::prefetch(uint64_t h) const { __builtin_prefetch(&buckets_[h & mask_]); }
+
+void ConnTable::prefetchEntry(uint64_t h) const {
+  const uint32_t n = buckets_[h & mask_];
+  if (n != kNil) __builtin_prefetch(&entries_[n >> 1]);
+}
+
+bool ConnTable::matches(const Entry& e, Dir dir, const Tuple& t, uint16_t zone) const {
+  const int i = index(dir) * 2;
+  if (e.port[i] != t.sport || e.port[i + 1] != t.dport || e.l4 != t.l4 || e.l3 != t.l3 ||
+      e.zone != zone) {
+    return false;
+  }
+  if (t.l3 == L3::kIpv4) {
+    return e.addr[i] == load32(t.src.bytes.data()) && e.addr[i + 1] == load32(t.dst.bytes.data());
+  }
+  const auto& a = v6Pool_[e.addr[0]];
+  return a[i] == t.src && a[i + 1] == t.dst;
+}
+
+std::optional<ConnTable::Hit> ConnTable::find(const Tuple& t, uint16_t zone, uint64_t h) const {
+  for (uint32_t n = buckets_[h & mask_]; n != kNil;) {
+    const Entry& e = entries_[n >> 1];
+    const Dir d = static_cast<Dir>(n & 1);
+    if (matches(e, d, t, zone)) return Hit{n >> 1, d};
+    n = e.hnext[n & 1];
+  }
+  return std::nullopt;
+}
+
+Tuple ConnTable::tuple(const Entry& e, Dir dir) const {
+  Tuple t;
+  const int i = index(dir) * 2;
+  t.l3 = e.l3;
+  t.l4 = e.l4;
+  t.sport = e.port[i];
+  t.dport = e.port[i + 1];
+  if (e.l3 == L3::kIpv4) {
+    std::memcpy(t.src.bytes.data(), &e.addr[i], 4);
+    std::memcpy(t.dst.bytes.data(), &e.addr[i + 1], 4);
+  } else {
+    t.src = v6Pool_[e.addr[0]][i];
+    t.dst = v6Pool_[e.addr[0]][i + 1];
+  }
+  return t;
+}
+
+std::optional<uint32_t> ConnTable::allocate(const Tuple& orig, const Tuple& reply, uint16_t zone,
+                                            uint64_t origHash, Nanos now) {
+  if (allocated_ >= settings_.maxEntries && !evict(origHash, now)) {
+    ++counters_.insertFailed;
+    return std::nullopt;
+  }
+  uint32_t idx;
+  if (freeHead_ != kNil) {
+    idx = freeHead_;
+    freeHead_ = entries_[idx].hnext[0];
+  } else {
+    idx = highWater_++;
+  }
+  ++allocated_;
+  Entry& e = entries_[idx];
+  e = Entry{};
+  e.hnext[0] = e.hnext[1] = kNil;
+  e.wheelNext = e.wheelPrev = kNil;
+  e.master = kNil;
+  e.l3 = orig.l3;
+  e.l4 = orig.l4;
+  e.zone = zone;
+  e.port[0] = orig.sport;
+  e.port[1] = orig.dport;
+  e.port[2] = reply.sport;
+  e.port[3] = reply.dport;
+  e.start = now;
+  if (orig.l3 == L3::kIpv4) {
+    e.addr[0] = load32(orig.src.bytes.data());
+    e.addr[1] = load32(orig.dst.bytes.data());
+    e.addr[2] = load32(reply.src.bytes.data());
+    e.addr[3] = load32(reply.dst.bytes.data());
+  } else {
+    uint32_t slot;
+    if (!v6Free_.empty()) {
+      slot = v6Free_.back();
+      v6Free_.pop_back();
+    } else {
+      slot = static_cast<uint32_t>(v6Pool_.size());
+      v6Pool_.emplace_back();
+    }
+    v6Pool_[slot] = {orig.src, orig.dst, reply.src, reply.dst};
+    e.addr[0] = slot;
+  }
+  return idx;
+}
+
+void ConnTable::release(uint32_t idx) {
+  Entry& e = entries_[idx];
+  if (e.l3 == L3::kIpv6) v6Free_.push_back(e.addr[0]);
+  if (e.status & status::kHasLabels) {
+    labels_.erase(idx);
+  }
+  e.status = 0;
+  e.hnext[0] = freeHead_;
+  freeHead_ = idx;
+  --allocated_;
+}
+
+void ConnTable::discard(uint32_t idx) { release(idx); }
+
+void ConnTable::link(uint32_t idx) {
+  Entry& e = entries_[idx];
+  for (int d = 0; d < 2; ++d) {
+    const uint64_t h = hash(tuple(e, static_cast<Dir>(d)), e.zone);
+    uint32_t& head = buckets_[h & mask_];
+    e.hnext[d] = head;
+    head = (idx << 1) | static_cast<uint32_t>(d);
+  }
+}
+
+void ConnTable::unlink(uint32_t idx) {
+  Entry& e = entries_[idx];
+  for (int d = 0; d < 2; ++d) {
+    const uint32_t node = (idx << 1) | static_cast<uint32_t>(d);
+    const uint64_t h = hash(tuple(e, static_cast<Dir>(d)), e.zone);
+    uint32_t* link = &buckets_[h & mask_];
+    while (*link != kNil && *link != node) link = &entries_[*link >> 1].hnext[*link & 1];
+    if (*link == node) *link = e.hnext[d];
+  }
+}
+
+Nanos ConnTable::scaled(Nanos timeout) const {
+  const auto& s = settings_;
+  if (s.adaptiveEnd == 0 || s.adaptiveEnd <= s.adaptiveStart) return timeout;
+  const double fill = 100.0 * count_ / s.maxEntries;
+  if (fill <= s.adaptiveStart) return timeout;
+  const double factor = (s.adaptiveEnd - fill) / (s.adaptiveEnd - s.adaptiveStart);
+  if (factor <= 0) return 0;
+  return static_cast<Nanos>(static_cast<double>(timeout) * factor);
+}
+
+void ConnTable::fire(EventType type, uint32_t mask, uint32_t idx, Nanos now) {
+  if (sink_ != nullptr) sink_->onEvent(type, mask, *this, idx, now);
+}
+
+void ConnTable::confirm(uint32_t idx, Nanos timeout, Nanos now) {
+  Entry& e = entries_[idx];
+  e.status |= status::kConfirmed;
+  e.expiry = now + scaled(timeout);
+  e.announcedExpirySec = wholeSeconds(e.expiry);
+  if (!wheelStarted_) {
+    wheelStarted_ = true;
+    cursorTick_ = tickOf(now);
+    currentMin_ = kNever;
+  }
+  link(idx);
+  wheelInsert(idx);
+  ++count_;
+  ++counters_.inserted;
+  fire(EventType::kNew, ev::kNew, idx, now);
+}
+
+void ConnTable::setTimeout(uint32_t idx, Nanos timeout, Nanos now, bool quiet) {
+  Entry& e = entries_[idx];
+  const Nanos t = scaled(timeout);
+  const Nanos old = e.expiry;
+  e.expiry = now + t;
+  if (e.expiry < old) {
+    // Shrinking: the entry may be filed too late; move it. Growing needs nothing: the wheel
+    // re-files entries whose expiry moved when it reaches their slot.
+    const uint64_t tick = std::max(tickOf(e.expiry), cursorTick_);
+    if (static_cast<int32_t>(static_cast<uint32_t>(tick) - e.filedTick) < 0) {
+      wheelRemove(idx);
+      wheelInsert(idx);
+    } else if (e.filedTick == static_cast<uint32_t>(cursorTick_)) {
+      currentMin_ = std::min(currentMin_, e.expiry);
+    }
+  }
+  if (quiet || settings_.refreshPercent == 0) return;
+  const uint32_t sec = wholeSeconds(e.expiry);
+  const uint64_t threshold = static_cast<uint64_t>(t / kSecond) * settings_.refreshPercent / 100;
+  if (sec > e.announcedExpirySec && sec - e.announcedExpirySec > threshold) {
+    e.announcedExpirySec = sec;
+    fire(EventType::kRefresh, 0, idx, now);
+  }
+}
+
+void ConnTable::notify(uint32_t idx, uint32_t mask, Nanos now) {
+  entries_[idx].announcedExpirySec = wholeSeconds(entries_[idx].expiry);
+  fire(EventType::kUpdate, mask, idx, now);
+}
+
+void ConnTable::destroy(uint32_t idx, Nanos now) {
+  entries_[idx].status |= status::kDying;
+  fire(EventType::kDestroy, ev::kDestroy, idx, now);
+  unlink(idx);
+  wheelRemove(idx);
+  --count_;
+  ++counters_.deleted;
+  release(idx);
+}
+
+// --- timer wheel ---------------------------------------------------------------------------
+
+void ConnTable::wheelInsert(uint32_t idx) {
+  Entry& e = entries_[idx];
+  uint64_t tick = std::max(tickOf(e.expiry), cursorTick_);
+  if (tick >= cursorTick_ + kWheelSlots) tick = cursorTick_ + kWheelSlots - 1;
+  const uint32_t slot = static_cast<uint32_t>(tick) & (kWheelSlots - 1);
+  e.filedTick = static_cast<uint32_t>(tick);
+  e.wheelPrev = kNil;
+  e.wheelNext = wheel_[slot];
+  if (e.wheelNext != kNil) entries_[e.wheelNext].wheelPrev = idx;
+  wheel_[slot] = idx;
+  if (tick == cursorTick_) currentMin_ = std::min(currentMin_, e.expiry);
+}
+
+void ConnTable::wheelRemove(uint32_t idx) {
+  Entry& e = entries_[idx];
+  if (e.wheelPrev != kNil) {
+    entries_[e.wheelPrev].wheelNext = e.wheelNext;
+  } else {
+    wheel_[e.filedTick & (kWheelSlots - 1)] = e.wheelNext;
+  }
+  if (e.wheelNext != kNil) entries_[e.wheelNext].wheelPrev = e.wheelPrev;
+  e.wheelNext = e.wheelPrev = kNil;
+}
+
+// Detaches the slot's list; due entries go to dueScratch_, the rest are filed again.
+void ConnTable::processSlot(uint32_t slot, Nanos now) {
+  uint32_t n = wheel_[slot];
+  wheel_[slot] = kNil;
+  while (n != kNil) {
+    Entry& e = entries_[n];
+    const uint32_t next = e.wheelNext;
+    e.wheelNext = e.wheelPrev = kNil;
+    if (e.expiry <= now) {
+      dueScratch_.push_back(n);
+    } else {
+      wheelInsert(n);
+    }
+    n = next;
+  }
+}
+
+void ConnTable::expire(Nanos now) {
+  if (!wheelStarted_) return;
+  const uint64_t nowTick = tickOf(now);
+  const bool advanced = nowTick > cursorTick_;
+  if (advanced) {
+    if (nowTick - cursorTick_ >= kWheelSlots) {
+      expireAll(now);
+    } else {
+      while (cursorTick_ < nowTick) {
+        const uint32_t slot = static_cast<uint32_t>(cursorTick_) & (kWheelSlots - 1);
+        ++cursorTick_;
+        currentMin_ = kNever;
+        processSlot(slot, now);
+      }
+      // The new current slot holds entries filed while it was in the future: their earliest
+      // expiry is unknown, so look at it once.
+      currentMin_ = now;
+    }
+  }
+  if (now >= currentMin_) {
+    currentMin_ = kNever;
+    processSlot(static_cast<uint32_t>(cursorTick_) & (kWheelSlots - 1), now);
+  }
+  if (!dueScratch_.empty()) {
+    // Fire DESTROY in expiry order, as a kernel that reaped at the exact time would.
+    std::sort(dueScratch_.begin(), dueScratch_.end(), [this](uint32_t a, uint32_t b) {
+      return entries_[a].expiry != entries_[b].expiry ? entries_[a].expiry < entries_[b].expiry
+                                                      : a < b;
+    });
+    for (uint32_t idx : dueScratch_) {
+      Entry& e = entries_[idx];
+      e.status |= status::kDying;
+      fire(EventType::kDestroy, ev::kDestroy, idx, e.expiry);
+      unlink(idx);
+      --count_;
+      ++counters_.expired;
+      release(idx);
+    }
+    dueScratch_.clear();
+  }
+  if (advanced) gcStep(now);
+}
+
+void ConnTable::expireAll(Nanos now) {
+  std::vector<uint32_t> live;
+  for (uint32_t s = 0; s < kWheelSlots; ++s) {
+    for (uint32_t n = wheel_[s]; n != kNil;) {
+      const uint32_t next = entries_[n].wheelNext;
+      live.push_back(n);
+      n = next;
+    }
+    wheel_[s] = kNil;
+  }
+  cursorTick_ = tickOf(now);
+  currentMin_ = kNever;
+  for (uint32_t idx : live) {
+    entries_[idx].wheelNext = entries_[idx].wheelPrev = kNil;
+    if (entries_[idx].expiry <= now) {
+      dueScratch_.push_back(idx);
+    } else {
+      wheelInsert(idx);
+    }
+  }
+}
+
+void ConnTable::clear(Nanos now) {
+  std::vector<uint32_t> all;
+  forEach([&all](uint32_t idx) { all.push_back(idx); });
+  for (uint32_t idx : all) destroy(idx, now);
+}
+
+// --- eviction ------------------------------------------------------------------------------
+
+bool ConnTable::evict(uint64_t origHash, Nanos now) {
+  return settings_.eviction == EvictionPolicy::kKernel ? evictKernel(origHash, now)
+                                                        : evictClosingFirst(origHash, now);
+}
+
+bool ConnTable::evictKernel(uint64_t origHash, Nanos now) {
+  std::vector<uint32_t> victims;
+  for (uint32_t i = 0; i < std::min(kEvictionRange, mask_ + 1); ++i) {
+    const uint32_t b = static_cast<uint32_t>(origHash + i) & mask_;
+    for (uint32_t n = buckets_[b]; n != kNil; n = entries_[n >> 1].hnext[n & 1]) {
+      const Entry& e = entries_[n >> 1];
+      if ((e.status & (status::kAssured | status::kDying)) != 0) continue;
+      if (std::find(victims.begin(), victims.end(), n >> 1) == victims.end()) {
+        victims.push_back(n >> 1);
+      }
+    }
+    if (!victims.empty()) break;
+  }
+  if (victims.empty()) return false;
+  for (uint32_t idx : victims) destroy(idx, now);
+  counters_.earlyDropped += victims.size();
+  return true;
+}
+
+bool ConnTable::evictClosingFirst(uint64_t origHash, Nanos now) {
+  uint32_t closing = kNil;
+  uint32_t unassured = kNil;
+  for (uint32_t i = 0; i < std::min(kSmartEvictionRange, mask_ + 1); ++i) {
+    const uint32_t b = static_cast<uint32_t>(origHash + i) & mask_;
+    for (uint32_t n = buckets_[b]; n != kNil; n = entries_[n >> 1].hnext[n & 1]) {
+      const uint32_t idx = n >> 1;
+      const Entry& e = entries_[idx];
+      if ((e.status & status::kDying) != 0 || now - e.start < settings_.minLifetime) continue;
+      if (e.l4 == proto::kTcp && tcpCanEarlyDrop(e.tcp)) {
+        if (closing == kNil || e.expiry < entries_[closing].expiry) closing = idx;
+      } else if ((e.status & status::kAssured) == 0) {
+        if (unassured == kNil || e.start < entries_[unassured].start) unassured = idx;
+      }
+    }
+    if (closing != kNil) break;
+  }
+  const uint32_t victim = closing != kNil ? closing : unassured;
+  if (victim == kNil) return false;
+  destroy(victim, now);
+  ++counters_.earlyDropped;
+  return true;
+}
+
+// As the kernel's gc_worker once the table is 95 % full: drop what early_drop could drop and
+// TCP flows that are closing, a few buckets per expiry step.
+void ConnTable::gcStep(Nanos now) {
+  if (uint64_t{count_} * 100 < uint64_t{settings_.maxEntries} * 95) return;
+  std::vector<uint32_t> doomed;
+  const uint32_t steps = std::min(kGcBucketsPerStep, mask_ + 1);  // each bucket at most once
+  for (uint32_t i = 0; i < steps; ++i) {
+    const uint32_t b = (gcBucket_ + i) & mask_;
+    for (uint32_t n = buckets_[b]; n != kNil; n = entries_[n >> 1].hnext[n & 1]) {
+      const Entry& e = entries_[n >> 1];
+      if ((n & 1) != 0 || (e.status & status::kDying) != 0) continue;
+      if ((e.status & status::kAssured) == 0 || (e.l4 == proto::kTcp && tcpCanEarlyDrop(e.tcp))) {
+        doomed.push_back(n >> 1);
+      }
+    }
+  }
+  gcBucket_ = (gcBucket_ + steps) & mask_;
+  for (uint32_t idx : doomed) destroy(idx, now);
+  counters_.gcDropped += doomed.size();
+}
+
+// --- side stores ---------------------------------------------------------------------------
+
+void ConnTable::setLabels(uint32_t idx, const std::array<uint8_t, 16>& labels) {
+  labels_[idx] = labels;
+  entries_[idx].status |= status::kHasLabels;
+}
+
+std::array<uint8_t, 16> ConnTable::labels(uint32_t idx) const {
+  const auto it = labels_.find(idx);
+  return it == labels_.end() ? std::array<uint8_t, 16>{} : it->second;
+}
+
+size_t ConnTable::memoryBytes() const {
+  return size_t{settings_.maxEntries} * sizeof(Entry) + size_t{mask_ + 1} * sizeof(uint32_t) +
+         v6Pool_.capacity() * sizeof(std::array<Addr, 4>) + wheel_.size() * sizeof(uint32_t);
+}
+
+}  // namespace ctsync::table

@@ -1,0 +1,224 @@
+#include "table/tracker.hpp"
+
+#include <algorithm>
+
+#include "table/tcp.hpp"
+
+namespace ctsync::table {
+
+Tracker::Tracker(const TrackerSettings& settings, uint64_t hashSeed)
+    : settings_(settings),
+      table_(settings.table, hashSeed),
+      reassembler_(ReassemblyLimits{}) {
+  parseOptions_.verifyChecksums = settings.protocols.verifyChecksums;
+}
+
+Nanos Tracker::clampTime(Nanos now) {
+  lastNow_ = std::max(lastNow_, now);
+  return lastNow_;
+}
+
+void Tracker::advance(Nanos now) {
+  now = clampTime(now);
+  table_.expire(now);
+  reassembler_.expire(now);
+}
+
+Verdict Tracker::invalid(InvalidReason r) {
+  ++counters_.invalidTotal;
+  ++counters_.invalid[static_cast<size_t>(r)];
+  Verdict v;
+  v.reason = r;
+  return v;
+}
+
+Verdict Tracker::process(const uint8_t* data, size_t len, Nanos now, uint16_t zone) {
+  now = clampTime(now);
+  table_.expire(now);
+  ParseResult parsed = parseIp(data, len, parseOptions_);
+  const Verdict v = track(data, len, parsed, 0, false, now, zone);
+  ++counters_.byState[static_cast<size_t>(v.state)];
+  return v;
+}
+
+void Tracker::processBatch(std::span<const RawPacket> pkts, Nanos now, std::span<Verdict> out,
+                           uint16_t zone) {
+  now = clampTime(now);
+  table_.expire(now);
+  auto& parsed = batchParsed_;
+  auto& hashes = batchHashes_;
+  for (size_t base = 0; base < pkts.size(); base += kMaxBatch) {
+    const size_t n = std::min(kMaxBatch, pkts.size() - base);
+    // Stage 1: parse, hash, prefetch the bucket heads.
+    for (size_t i = 0; i < n; ++i) {
+      parsed[i] = parseIp(pkts[base + i].data, pkts[base + i].len, parseOptions_);
+      if (parsed[i].kind == ParseKind::kPacket && !parsed[i].packet.icmpError) {
+        hashes[i] = table_.hash(parsed[i].packet.tuple, zone);
+        table_.prefetch(hashes[i]);
+      }
+    }
+    // Stage 2: the heads are (mostly) in cache now; prefetch the first entry of each chain.
+    for (size_t i = 0; i < n; ++i) {
+      if (parsed[i].kind == ParseKind::kPacket && !parsed[i].packet.icmpError) {
+        table_.prefetchEntry(hashes[i]);
+      }
+    }
+    // Stage 3: track in order. Prefetches were hints: every lookup is done again here, so a
+    // packet that creates or kills an entry is seen by the packets after it.
+    for (size_t i = 0; i < n; ++i) {
+      const bool hashed = parsed[i].kind == ParseKind::kPacket && !parsed[i].packet.icmpError;
+      out[base + i] =
+          track(pkts[base + i].data, pkts[base + i].len, parsed[i], hashes[i], hashed, now, zone);
+      ++counters_.byState[static_cast<size_t>(out[base + i].state)];
+    }
+  }
+}
+
+Verdict Tracker::track(const uint8_t* data, size_t len, ParseResult& parsed, uint64_t hash,
+                       bool hashed, Nanos now, uint16_t zone) {
+  ++counters_.packets;
+  if (parsed.kind == ParseKind::kFragment) {
+    const FragResult fr = reassembler_.add(data, len, now);
+    if (fr.status == FragStatus::kIncomplete) {
+      Verdict v;
+      v.state = CtState::kHeld;
+      return v;
+    }
+    if (fr.status == FragStatus::kInvalid) return invalid(fr.reason);
+    parsed = parseIp(fr.datagram.data(), fr.datagram.size(), parseOptions_);
+    hashed = false;
+    if (parsed.kind == ParseKind::kFragment) return invalid(InvalidReason::kFragment);
+  }
+  if (parsed.kind == ParseKind::kInvalid) return invalid(parsed.reason);
+  const Packet& p = parsed.packet;
+  if (p.icmpError) return related(p, now, zone);
+  if (p.tuple.l4 == proto::kTcp) {
+    const InvalidReason r = tcpError(p.l4, p.l4Len);
+    if (r != InvalidReason::kNone) return invalid(r);
+  }
+  if (!hashed) hash = table_.hash(p.tuple, zone);
+  const auto hit = table_.find(p.tuple, zone, hash);
+  if (!hit) return create(p, hash, now, zone);
+  return update(p, *hit, hash, now, zone);
+}
+
+// ICMP errors: RELATED to the flow their embedded packet belongs to; they create nothing and
+// change nothing (as nf_conntrack_inet_error).
+Verdict Tracker::related(const Packet& p, Nanos /*now*/, uint16_t zone) {
+  const auto target = invertTuple(p.inner);
+  if (!target) return invalid(InvalidReason::kIcmpErrorBad);
+  const auto hit = table_.find(*target, zone, table_.hash(*target, zone));
+  if (!hit) return invalid(InvalidReason::kIcmpErrorNoMatch);
+  // The error must travel towards the endpoint that sent the embedded packet.
+  const Tuple t = table_.tuple(table_.entry(hit->index), hit->dir);
+  if (!(t.dst == p.tuple.dst)) return invalid(InvalidReason::kIcmpErrorNoMatch);
+  ++counters_.related;
+  Verdict v;
+  v.state = CtState::kRelated;
+  v.dir = hit->dir;
+  v.index = hit->index;
+  return v;
+}
+
+Verdict Tracker::create(const Packet& p, uint64_t hash, Nanos now, uint16_t zone) {
+  TcpConn tcp;
+  const uint8_t l4 = p.tuple.l4;
+  if (l4 == proto::kTcp) {
+    const L4Outcome o = tcpNew(settings_.protocols.tcp, p.l4, p.l4Len, tcp);
+    if (o.kind != L4Outcome::Kind::kAccept) return invalid(o.reason);
+  } else if (l4 == proto::kIcmp || l4 == proto::kIcmpv6) {
+    if (!isIcmpQuery(p.tuple.l3, p.tuple.icmpType())) return invalid(InvalidReason::kIcmpNoNew);
+  }
+  const auto reply = invertTuple(p.tuple);
+  if (!reply) return invalid(InvalidReason::kIcmpNoNew);
+  const auto idx = table_.allocate(p.tuple, *reply, zone, hash, now);
+  if (!idx) return invalid(InvalidReason::kTableFull);
+  Entry& e = table_.entry(*idx);
+  e.tcp = tcp;
+  const L4Outcome o = l4Packet(e, Dir::kOriginal, p, now);
+  if (o.kind != L4Outcome::Kind::kAccept) {
+    table_.discard(*idx);
+    return invalid(o.reason != InvalidReason::kNone ? o.reason : InvalidReason::kTcpState);
+  }
+  e.packets[0] = 1;
+  e.bytes[0] = p.ipLen;
+  table_.confirm(*idx, o.timeout, now);
+  ++counters_.created;
+  Verdict v;
+  v.state = CtState::kNew;
+  v.index = *idx;
+  return v;
+}
+
+Verdict Tracker::update(const Packet& p, ConnTable::Hit hit, uint64_t hash, Nanos now,
+                        uint16_t zone) {
+  Entry& e = table_.entry(hit.index);
+  const uint32_t before = e.status;
+  const L4Outcome o = l4Packet(e, hit.dir, p, now);
+  const int d = index(hit.dir);
+  switch (o.kind) {
+    case L4Outcome::Kind::kInvalid:
+      return invalid(o.reason);
+    case L4Outcome::Kind::kReopen:
+      table_.destroy(hit.index, now);
+      return create(p, hash, now, zone);
+    case L4Outcome::Kind::kKill: {
+      ++e.packets[d];
+      e.bytes[d] += p.ipLen;
+      table_.destroy(hit.index, now);
+      Verdict v;
+      v.state = hit.dir == Dir::kReply || (before & status::kSeenReply) ? CtState::kEstablished
+                                                                         : CtState::kNew;
+      v.dir = hit.dir;
+      return v;
+    }
+    case L4Outcome::Kind::kAccept:
+      break;
+  }
+  uint32_t mask = o.events;
+  if (hit.dir == Dir::kReply && (e.status & status::kSeenReply) == 0) {
+    e.status |= status::kSeenReply;
+    mask |= ev::kReply;
+  }
+  ++e.packets[d];
+  e.bytes[d] += p.ipLen;
+  if (o.refresh) table_.setTimeout(hit.index, o.timeout, now, /*quiet=*/mask != 0);
+  if (mask != 0) table_.notify(hit.index, mask, now);
+  Verdict v;
+  v.state = hit.dir == Dir::kReply || (before & status::kSeenReply) ? CtState::kEstablished
+                                                                     : CtState::kNew;
+  v.dir = hit.dir;
+  v.index = hit.index;
+  return v;
+}
+
+L4Outcome Tracker::l4Packet(Entry& e, Dir dir, const Packet& p, Nanos now) {
+  const ProtocolSettings& ps = settings_.protocols;
+  switch (e.l4) {
+    case proto::kTcp:
+      return tcpPacket(ps.tcp, e.tcp, e.status, dir, p.l4, p.l4Len);
+    case proto::kUdp:
+    case proto::kUdplite: {
+      // As nf_conntrack_udp_packet: a flow that has seen a reply and is still active more than
+      // two seconds after its creation is a stream (longer timeout, ASSURED).
+      if ((e.status & status::kSeenReply) == 0) return L4Outcome::accept(ps.udp.unreplied);
+      if (now > e.start + seconds(2)) {
+        L4Outcome o = L4Outcome::accept(ps.udp.stream);
+        if ((e.status & status::kAssured) == 0) {
+          e.status |= status::kAssured;
+          o.events |= ev::kAssured;
+        }
+        return o;
+      }
+      return L4Outcome::accept(ps.udp.unreplied);
+    }
+    case proto::kIcmp:
+      return L4Outcome::accept(ps.icmp.icmp);
+    case proto::kIcmpv6:
+      return L4Outcome::accept(ps.icmp.icmpv6);
+    default:
+      return L4Outcome::accept(ps.generic.timeout);
+  }
+}
+
+}  // namespace ctsync::table
