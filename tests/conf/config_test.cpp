@@ -1,0 +1,432 @@
+#include "conf/config.hpp"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace ctsync::conf {
+namespace {
+
+using table::seconds;
+
+#ifdef CTSYNC_EXAMPLE_CONFIG
+const std::string kExampleConfig = CTSYNC_EXAMPLE_CONFIG;
+#else
+const std::string kExampleConfig =
+    (std::filesystem::path(__FILE__).parent_path() / "../../conf/ctsyncd.example.toml").string();
+#endif
+
+// The settings structs have no operator==; compare field by field so a failure names the field.
+void expectSameTracker(const table::TrackerSettings& a, const table::TrackerSettings& b) {
+  const table::TcpSettings& at = a.protocols.tcp;
+  const table::TcpSettings& bt = b.protocols.tcp;
+  EXPECT_EQ(at.synSent, bt.synSent);
+  EXPECT_EQ(at.synRecv, bt.synRecv);
+  EXPECT_EQ(at.established, bt.established);
+  EXPECT_EQ(at.finWait, bt.finWait);
+  EXPECT_EQ(at.closeWait, bt.closeWait);
+  EXPECT_EQ(at.lastAck, bt.lastAck);
+  EXPECT_EQ(at.timeWait, bt.timeWait);
+  EXPECT_EQ(at.close, bt.close);
+  EXPECT_EQ(at.synSent2, bt.synSent2);
+  EXPECT_EQ(at.maxRetrans, bt.maxRetrans);
+  EXPECT_EQ(at.unacknowledged, bt.unacknowledged);
+  EXPECT_EQ(at.loose, bt.loose);
+  EXPECT_EQ(at.beLiberal, bt.beLiberal);
+  EXPECT_EQ(at.ignoreInvalidRst, bt.ignoreInvalidRst);
+  EXPECT_EQ(at.maxRetransCount, bt.maxRetransCount);
+  EXPECT_EQ(a.protocols.udp.unreplied, b.protocols.udp.unreplied);
+  EXPECT_EQ(a.protocols.udp.stream, b.protocols.udp.stream);
+  EXPECT_EQ(a.protocols.icmp.icmp, b.protocols.icmp.icmp);
+  EXPECT_EQ(a.protocols.icmp.icmpv6, b.protocols.icmp.icmpv6);
+  EXPECT_EQ(a.protocols.generic.timeout, b.protocols.generic.timeout);
+  EXPECT_EQ(a.protocols.verifyChecksums, b.protocols.verifyChecksums);
+  EXPECT_EQ(a.table.buckets, b.table.buckets);
+  EXPECT_EQ(a.table.maxEntries, b.table.maxEntries);
+  EXPECT_EQ(a.table.eviction, b.table.eviction);
+  EXPECT_EQ(a.table.minLifetime, b.table.minLifetime);
+  EXPECT_EQ(a.table.adaptiveStart, b.table.adaptiveStart);
+  EXPECT_EQ(a.table.adaptiveEnd, b.table.adaptiveEnd);
+  EXPECT_EQ(a.table.refreshPercent, b.table.refreshPercent);
+}
+
+Config parseOk(std::string_view text) {
+  ConfigResult r = parseConfig(text, "test.toml");
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  return r.ok() ? r.value() : Config{};
+}
+
+std::string parseError(std::string_view text) {
+  ConfigResult r = parseConfig(text, "test.toml");
+  EXPECT_FALSE(r.ok());
+  return r.ok() ? std::string() : r.error().message;
+}
+
+// Error for a single `[tracker]` key line; the value starts at column 1 + len("key = ").
+std::string trackerError(std::string_view line) {
+  return parseError("[tracker]\n" + std::string(line) + "\n");
+}
+
+// ------------------------------------------------------------------------------------ defaults
+
+TEST(ConfigTest, EmptyTextGivesDefaults) {
+  expectSameTracker(parseOk("").tracker, table::TrackerSettings{});
+}
+
+TEST(ConfigTest, CommentsAndEmptySectionGiveDefaults) {
+  expectSameTracker(parseOk("# nothing here\n\n[tracker]\n# still nothing\n").tracker,
+                    table::TrackerSettings{});
+}
+
+TEST(ConfigTest, ExampleFileParsesToDefaults) {
+  ConfigResult r = loadConfig(kExampleConfig);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  expectSameTracker(r.value().tracker, table::TrackerSettings{});
+}
+
+TEST(ConfigTest, ExampleFileMentionsEveryKey) {
+  // Each key set to a non-default value in EveryKeyIsRead must also be documented.
+  std::ifstream in(kExampleConfig);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const char* key : {"tcp_loose",
+                          "tcp_be_liberal",
+                          "tcp_ignore_invalid_rst",
+                          "tcp_max_retrans",
+                          "checksum",
+                          "tcp_timeout_syn_sent",
+                          "tcp_timeout_syn_recv",
+                          "tcp_timeout_established",
+                          "tcp_timeout_fin_wait",
+                          "tcp_timeout_close_wait",
+                          "tcp_timeout_last_ack",
+                          "tcp_timeout_time_wait",
+                          "tcp_timeout_close",
+                          "tcp_timeout_max_retrans",
+                          "tcp_timeout_unacknowledged",
+                          "udp_timeout",
+                          "udp_timeout_stream",
+                          "icmp_timeout",
+                          "icmpv6_timeout",
+                          "generic_timeout",
+                          "buckets",
+                          "max",
+                          "eviction",
+                          "min_lifetime",
+                          "adaptive_start",
+                          "adaptive_end",
+                          "refresh_percent"}) {
+    EXPECT_NE(text.find(std::string("\n") + key + " = "), std::string::npos) << key;
+  }
+}
+
+// --------------------------------------------------------------------------------- every key
+
+TEST(ConfigTest, EveryKeyIsRead) {
+  Config c = parseOk(R"([tracker]
+tcp_loose = false
+tcp_be_liberal = true
+tcp_ignore_invalid_rst = true
+tcp_max_retrans = 7
+checksum = false
+tcp_timeout_syn_sent = 11
+tcp_timeout_syn_recv = 12
+tcp_timeout_established = 13
+tcp_timeout_fin_wait = 14
+tcp_timeout_close_wait = 15
+tcp_timeout_last_ack = 16
+tcp_timeout_time_wait = 17
+tcp_timeout_close = 18
+tcp_timeout_max_retrans = 19
+tcp_timeout_unacknowledged = 20
+udp_timeout = 21
+udp_timeout_stream = 22
+icmp_timeout = 23
+icmpv6_timeout = 24
+generic_timeout = 25
+buckets = 1024
+max = 4096
+eviction = "closing-first"
+min_lifetime = 5
+adaptive_start = 60
+adaptive_end = 90
+refresh_percent = 25
+)");
+  const table::TcpSettings& tcp = c.tracker.protocols.tcp;
+  EXPECT_FALSE(tcp.loose);
+  EXPECT_TRUE(tcp.beLiberal);
+  EXPECT_TRUE(tcp.ignoreInvalidRst);
+  EXPECT_EQ(tcp.maxRetransCount, 7);
+  EXPECT_FALSE(c.tracker.protocols.verifyChecksums);
+  EXPECT_EQ(tcp.synSent, seconds(11));
+  EXPECT_EQ(tcp.synSent2, seconds(11));
+  EXPECT_EQ(tcp.synRecv, seconds(12));
+  EXPECT_EQ(tcp.established, seconds(13));
+  EXPECT_EQ(tcp.finWait, seconds(14));
+  EXPECT_EQ(tcp.closeWait, seconds(15));
+  EXPECT_EQ(tcp.lastAck, seconds(16));
+  EXPECT_EQ(tcp.timeWait, seconds(17));
+  EXPECT_EQ(tcp.close, seconds(18));
+  EXPECT_EQ(tcp.maxRetrans, seconds(19));
+  EXPECT_EQ(tcp.unacknowledged, seconds(20));
+  EXPECT_EQ(c.tracker.protocols.udp.unreplied, seconds(21));
+  EXPECT_EQ(c.tracker.protocols.udp.stream, seconds(22));
+  EXPECT_EQ(c.tracker.protocols.icmp.icmp, seconds(23));
+  EXPECT_EQ(c.tracker.protocols.icmp.icmpv6, seconds(24));
+  EXPECT_EQ(c.tracker.protocols.generic.timeout, seconds(25));
+  EXPECT_EQ(c.tracker.table.buckets, 1024u);
+  EXPECT_EQ(c.tracker.table.maxEntries, 4096u);
+  EXPECT_EQ(c.tracker.table.eviction, table::EvictionPolicy::kClosingFirst);
+  EXPECT_EQ(c.tracker.table.minLifetime, seconds(5));
+  EXPECT_EQ(c.tracker.table.adaptiveStart, 60);
+  EXPECT_EQ(c.tracker.table.adaptiveEnd, 90);
+  EXPECT_EQ(c.tracker.table.refreshPercent, 25);
+}
+
+TEST(ConfigTest, UnsetKeysKeepTheirDefaults) {
+  Config c = parseOk("[tracker]\nudp_timeout = 45\n");
+  table::TrackerSettings expected;
+  expected.protocols.udp.unreplied = seconds(45);
+  expectSameTracker(c.tracker, expected);
+}
+
+TEST(ConfigTest, SynSent2FollowsSynSentOnlyWhenGiven) {
+  EXPECT_EQ(parseOk("[tracker]\ntcp_timeout_syn_sent = 7\n").tracker.protocols.tcp.synSent2,
+            seconds(7));
+  EXPECT_EQ(parseOk("[tracker]\ntcp_timeout_syn_recv = 7\n").tracker.protocols.tcp.synSent2,
+            table::TcpSettings{}.synSent2);
+}
+
+TEST(ConfigTest, EvictionKernel) {
+  EXPECT_EQ(parseOk("[tracker]\neviction = \"kernel\"\n").tracker.table.eviction,
+            table::EvictionPolicy::kKernel);
+}
+
+TEST(ConfigTest, InlineTableAndDottedKeysAreTheSameSection) {
+  EXPECT_FALSE(parseOk("tracker = { tcp_loose = false }\n").tracker.protocols.tcp.loose);
+  EXPECT_FALSE(parseOk("tracker.tcp_loose = false\n").tracker.protocols.tcp.loose);
+}
+
+TEST(ConfigTest, BoundaryValuesAreAccepted) {
+  Config lo = parseOk(
+      "[tracker]\ntcp_max_retrans = 0\nudp_timeout = 1\nbuckets = 1\nmax = 1\n"
+      "min_lifetime = 0\nadaptive_start = 0\nadaptive_end = 1\nrefresh_percent = 0\n");
+  EXPECT_EQ(lo.tracker.protocols.tcp.maxRetransCount, 0);
+  EXPECT_EQ(lo.tracker.protocols.udp.unreplied, seconds(1));
+  EXPECT_EQ(lo.tracker.table.buckets, 1u);
+  EXPECT_EQ(lo.tracker.table.maxEntries, 1u);
+  EXPECT_EQ(lo.tracker.table.adaptiveEnd, 1);
+  EXPECT_EQ(lo.tracker.table.refreshPercent, 0);
+
+  Config hi = parseOk(
+      "[tracker]\ntcp_max_retrans = 255\nudp_timeout = 2147483\nbuckets = 268435456\n"
+      "max = 1073741824\nmin_lifetime = 2147483\nadaptive_start = 99\nadaptive_end = 100\n"
+      "refresh_percent = 100\n");
+  EXPECT_EQ(hi.tracker.protocols.tcp.maxRetransCount, 255);
+  EXPECT_EQ(hi.tracker.protocols.udp.unreplied, seconds(2147483));
+  EXPECT_EQ(hi.tracker.table.buckets, 268435456u);
+  EXPECT_EQ(hi.tracker.table.maxEntries, 1073741824u);
+  EXPECT_EQ(hi.tracker.table.minLifetime, seconds(2147483));
+  EXPECT_EQ(hi.tracker.table.adaptiveStart, 99);
+  EXPECT_EQ(hi.tracker.table.adaptiveEnd, 100);
+  EXPECT_EQ(hi.tracker.table.refreshPercent, 100);
+}
+
+// ------------------------------------------------------------------------- unknown names
+
+TEST(ConfigTest, UnknownSection) {
+  EXPECT_EQ(parseError("\n[trackr]\ntcp_loose = true\n"),
+            "test.toml:2:2: unknown section 'trackr'");
+}
+
+TEST(ConfigTest, UnknownTopLevelKey) {
+  EXPECT_EQ(parseError("  verbose = true\n"), "test.toml:1:3: unknown key 'verbose'");
+}
+
+TEST(ConfigTest, UnknownKeyInSection) {
+  EXPECT_EQ(trackerError("tcp_timout_close = 10"),
+            "test.toml:2:1: unknown key 'tracker.tcp_timout_close'");
+}
+
+TEST(ConfigTest, UnknownSubTable) {
+  EXPECT_EQ(parseError("[tracker.tcp]\nloose = true\n"),
+            "test.toml:1:10: unknown key 'tracker.tcp'");
+}
+
+TEST(ConfigTest, SectionThatIsNotATable) {
+  EXPECT_EQ(parseError("tracker = 5\n"), "test.toml:1:11: key 'tracker': expected a table");
+  EXPECT_EQ(parseError("[[tracker]]\n"), "test.toml:1:1: key 'tracker': expected a table");
+}
+
+TEST(ConfigTest, ControlCharactersInKeysAreEscaped) {
+  EXPECT_EQ(trackerError("\"a\\nb\\u0001\" = 1"),
+            "test.toml:2:1: unknown key 'tracker.a\\nb\\x01'");
+}
+
+// ----------------------------------------------------------------------------- wrong types
+
+TEST(ConfigTest, WrongTypeBoolean) {
+  EXPECT_EQ(trackerError("tcp_loose = 1"),
+            "test.toml:2:13: key 'tracker.tcp_loose': expected a boolean");
+  EXPECT_EQ(trackerError("checksum = \"yes\""),
+            "test.toml:2:12: key 'tracker.checksum': expected a boolean");
+}
+
+TEST(ConfigTest, WrongTypeInteger) {
+  EXPECT_EQ(trackerError("udp_timeout = 30.0"),
+            "test.toml:2:15: key 'tracker.udp_timeout': expected an integer");
+  EXPECT_EQ(trackerError("max = \"1000\""),
+            "test.toml:2:7: key 'tracker.max': expected an integer");
+  EXPECT_EQ(trackerError("buckets = true"),
+            "test.toml:2:11: key 'tracker.buckets': expected an integer");
+  EXPECT_EQ(trackerError("adaptive_start = [1]"),
+            "test.toml:2:18: key 'tracker.adaptive_start': expected an integer");
+}
+
+TEST(ConfigTest, WrongTypeString) {
+  EXPECT_EQ(trackerError("eviction = 1"),
+            "test.toml:2:12: key 'tracker.eviction': expected a string");
+}
+
+// --------------------------------------------------------------------------- out of range
+
+TEST(ConfigTest, OutOfRange) {
+  EXPECT_EQ(trackerError("tcp_max_retrans = 256"),
+            "test.toml:2:19: key 'tracker.tcp_max_retrans': 256 is out of range 0..255");
+  EXPECT_EQ(trackerError("tcp_max_retrans = -1"),
+            "test.toml:2:19: key 'tracker.tcp_max_retrans': -1 is out of range 0..255");
+  EXPECT_EQ(trackerError("tcp_timeout_close = 0"),
+            "test.toml:2:21: key 'tracker.tcp_timeout_close': 0 is out of range 1..2147483 "
+            "(seconds)");
+  EXPECT_EQ(trackerError("generic_timeout = 2147484"),
+            "test.toml:2:19: key 'tracker.generic_timeout': 2147484 is out of range 1..2147483 "
+            "(seconds)");
+  EXPECT_EQ(trackerError("min_lifetime = -1"),
+            "test.toml:2:16: key 'tracker.min_lifetime': -1 is out of range 0..2147483 (seconds)");
+  EXPECT_EQ(trackerError("buckets = 0"),
+            "test.toml:2:11: key 'tracker.buckets': 0 is out of range 1..268435456");
+  EXPECT_EQ(trackerError("buckets = 268435457"),
+            "test.toml:2:11: key 'tracker.buckets': 268435457 is out of range 1..268435456");
+  EXPECT_EQ(trackerError("max = 1073741825"),
+            "test.toml:2:7: key 'tracker.max': 1073741825 is out of range 1..1073741824");
+  EXPECT_EQ(trackerError("max = 9223372036854775807"),
+            "test.toml:2:7: key 'tracker.max': 9223372036854775807 is out of range 1..1073741824");
+  EXPECT_EQ(trackerError("adaptive_end = 101"),
+            "test.toml:2:16: key 'tracker.adaptive_end': 101 is out of range 0..100");
+  EXPECT_EQ(trackerError("refresh_percent = 101"),
+            "test.toml:2:19: key 'tracker.refresh_percent': 101 is out of range 0..100");
+}
+
+TEST(ConfigTest, UnknownEvictionPolicy) {
+  EXPECT_EQ(trackerError("eviction = \"random\""),
+            "test.toml:2:12: key 'tracker.eviction': expected one of \"kernel\", "
+            "\"closing-first\", got \"random\"");
+}
+
+TEST(ConfigTest, AdaptiveStartMustBeBelowEnd) {
+  EXPECT_EQ(parseError("[tracker]\nadaptive_start = 90\nadaptive_end = 90\n"),
+            "test.toml:3:16: key 'tracker.adaptive_end': adaptive_start (90) must be below "
+            "adaptive_end (90); set both to 0 to turn adaptive timeouts off");
+  // Only the start given: the end defaults to 0, reported at the section.
+  EXPECT_EQ(parseError("\n[tracker]\nadaptive_start = 50\n"),
+            "test.toml:2:1: key 'tracker.adaptive_end': adaptive_start (50) must be below "
+            "adaptive_end (0); set both to 0 to turn adaptive timeouts off");
+  EXPECT_EQ(parseOk("[tracker]\nadaptive_end = 50\n").tracker.table.adaptiveEnd, 50);
+}
+
+// ---------------------------------------------------------------------------- syntax errors
+
+TEST(ConfigTest, SyntaxErrorHasPosition) {
+  std::string e = parseError("[tracker]\ntcp_loose = tru\n");
+  EXPECT_EQ(e.rfind("test.toml:2:", 0), 0u) << e;
+  EXPECT_NE(e.find("boolean"), std::string::npos) << e;
+  EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+}
+
+TEST(ConfigTest, DuplicateKeyIsASyntaxError) {
+  std::string e = parseError("[tracker]\nmax = 10\nmax = 20\n");
+  EXPECT_EQ(e.rfind("test.toml:3:", 0), 0u) << e;
+  EXPECT_NE(e.find("max"), std::string::npos) << e;
+}
+
+TEST(ConfigTest, IntegerTooBigForTomlIsASyntaxError) {
+  std::string e = parseError("[tracker]\nmax = 99999999999999999999\n");
+  EXPECT_EQ(e.rfind("test.toml:2:", 0), 0u) << e;
+}
+
+TEST(ConfigTest, InvalidUtf8IsASyntaxError) {
+  EXPECT_EQ(parseError("[tracker]\neviction = \"\xff\"\n").rfind("test.toml:2:", 0), 0u);
+}
+
+// ------------------------------------------------------------------------- several errors
+
+TEST(ConfigTest, AllErrorsAreReportedInFileOrder) {
+  EXPECT_EQ(parseError("[tracker]\nudp_timeout = 0\nbogus = 1\ntcp_loose = \"no\"\n[extra]\n"),
+            "test.toml:2:15: key 'tracker.udp_timeout': 0 is out of range 1..2147483 (seconds)\n"
+            "test.toml:3:1: unknown key 'tracker.bogus'\n"
+            "test.toml:4:13: key 'tracker.tcp_loose': expected a boolean\n"
+            "test.toml:5:2: unknown section 'extra'");
+}
+
+TEST(ConfigTest, CrossKeyCheckIsSkippedWhenAKeyIsBad) {
+  EXPECT_EQ(trackerError("adaptive_start = 50\nadaptive_end = 101"),
+            "test.toml:3:16: key 'tracker.adaptive_end': 101 is out of range 0..100");
+}
+
+// ------------------------------------------------------------------------------- files
+
+class ConfigFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           ("ctsync_conf_" +
+            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string write(const std::string& name, const std::string& text) {
+    std::string path = (dir_ / name).string();
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  std::filesystem::path dir_;
+};
+
+TEST_F(ConfigFileTest, LoadsAFile) {
+  ConfigResult r = loadConfig(write("a.toml", "[tracker]\nmax = 77\n"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r.value().tracker.table.maxEntries, 77u);
+}
+
+TEST_F(ConfigFileTest, ErrorsNameThePath) {
+  std::string path = write("bad.toml", "[tracker]\nmax = 0\n");
+  ConfigResult r = loadConfig(path);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message, path + ":2:7: key 'tracker.max': 0 is out of range 1..1073741824");
+}
+
+TEST_F(ConfigFileTest, MissingFile) {
+  std::string path = (dir_ / "missing.toml").string();
+  ConfigResult r = loadConfig(path);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message, path + ": cannot read config file: No such file or directory");
+}
+
+TEST_F(ConfigFileTest, DirectoryIsUnreadable) {
+  ConfigResult r = loadConfig(dir_.string());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message, dir_.string() + ": cannot read config file: Is a directory");
+}
+
+TEST_F(ConfigFileTest, OversizedFileIsRefused) {
+  std::string path = write("big.toml", std::string((1 << 20) + 1, '#'));
+  ConfigResult r = loadConfig(path);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message, path + ": cannot read config file: larger than 1048576 bytes");
+}
+
+}  // namespace
+}  // namespace ctsync::conf
