@@ -1,0 +1,185 @@
+#include "syncd/replay.hpp"
+
+#include <gtest/gtest.h>
+#include <pcap/pcap.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "syncd/pcap_reader.hpp"
+#include "tests/support/packet_builder.hpp"
+
+namespace ctsync::syncd {
+namespace {
+
+using namespace ctsync::testing;
+
+const uint32_t kClient = v4(10, 231, 1, 2);
+const uint32_t kServer = v4(10, 231, 2, 2);
+
+struct Pkt {
+  int64_t sec;
+  int64_t usec;
+  std::vector<uint8_t> bytes;
+};
+
+std::vector<uint8_t> ethernet(const std::vector<uint8_t>& ip, bool v6 = false) {
+  std::vector<uint8_t> f(14, 0);
+  f[0] = 0x02;
+  f[6] = 0x02;
+  f[12] = v6 ? 0x86 : 0x08;
+  f[13] = v6 ? 0xdd : 0x00;
+  f.insert(f.end(), ip.begin(), ip.end());
+  return f;
+}
+
+std::string writePcap(const std::string& name, int linkType, const std::vector<Pkt>& pkts) {
+  const auto path = (std::filesystem::temp_directory_path() /
+                     ("ctsync-" + std::to_string(::getpid()) + "-" + name))
+                        .string();
+  pcap_t* dead = pcap_open_dead(linkType, 65535);
+  pcap_dumper_t* d = pcap_dump_open(dead, path.c_str());
+  for (const auto& p : pkts) {
+    pcap_pkthdr h{};
+    h.ts.tv_sec = p.sec;
+    h.ts.tv_usec = p.usec;
+    h.caplen = h.len = static_cast<uint32_t>(p.bytes.size());
+    pcap_dump(reinterpret_cast<u_char*>(d), &h, p.bytes.data());
+  }
+  pcap_dump_close(d);
+  pcap_close(dead);
+  return path;
+}
+
+std::vector<std::string> lines(const std::string& s) {
+  std::vector<std::string> out;
+  std::istringstream in(s);
+  for (std::string l; std::getline(in, l);) out.push_back(l);
+  return out;
+}
+
+TEST(ReplayTest, PrintsEventsThenTheTableAtTheLastPacketTime) {
+  const auto syn = ipv4Tcp(kClient, kServer, 40000, 80, {tcpf::kSyn, 1000, 0});
+  const auto synack = ipv4Tcp(kServer, kClient, 80, 40000, {tcpf::kSyn | tcpf::kAck, 5000, 1001});
+  const auto ack = ipv4Tcp(kClient, kServer, 40000, 80, {tcpf::kAck, 1001, 5001});
+  const auto udp = ipv4Udp(kClient, kServer, 5000, 53);
+  const std::string path = writePcap("replay.pcap", DLT_EN10MB,
+                                     {{100, 0, ethernet(syn)},
+                                      {100, 10, ethernet(synack)},
+                                      {100, 20, ethernet(ack)},
+                                      {101, 0, ethernet(udp)},
+                                      {110, 500000, ethernet(udp)}});
+  ReplayOptions o;
+  o.pcapPath = path;
+  o.events = true;
+  std::ostringstream out, err;
+  ASSERT_EQ(runReplay(o, out, err), 0) << err.str();
+  const auto l = lines(out.str());
+  ASSERT_EQ(l.size(), 6u) << out.str();
+  EXPECT_EQ(l[0].rfind("    [NEW] ipv4     2 tcp      6 120 SYN_SENT ", 0), 0u);
+  EXPECT_EQ(l[1].rfind(" [UPDATE] ipv4     2 tcp      6 60 SYN_RECV ", 0), 0u);
+  EXPECT_EQ(l[2].rfind(" [UPDATE] ipv4     2 tcp      6 432000 ESTABLISHED ", 0), 0u);
+  EXPECT_EQ(l[3].rfind("    [NEW] ipv4     2 udp      17 30 ", 0), 0u);
+  // Table at t=110.5: TCP created at 100.00002 -> 432000 - 10.5 s left, rounded down.
+  EXPECT_EQ(l[4],
+            "ipv4     2 tcp      6 431989 ESTABLISHED src=10.231.1.2 dst=10.231.2.2 sport=40000 "
+            "dport=80 src=10.231.2.2 dst=10.231.1.2 sport=80 dport=40000 [ASSURED] mark=0 use=1");
+  EXPECT_EQ(l[5],
+            "ipv4     2 udp      17 30 src=10.231.1.2 dst=10.231.2.2 sport=5000 dport=53 "
+            "[UNREPLIED] src=10.231.2.2 dst=10.231.1.2 sport=53 dport=5000 mark=0 use=1");
+  std::filesystem::remove(path);
+}
+
+TEST(ReplayTest, ReadsRawIpAndLinuxCookedCaptures) {
+  const auto udp = ipv4Udp(kClient, kServer, 5000, 53);
+  std::vector<uint8_t> sll(16, 0);
+  sll[14] = 0x08;
+  sll.insert(sll.end(), udp.begin(), udp.end());
+  for (const auto& [name, lt, frame] :
+       {std::tuple{"raw.pcap", DLT_RAW, udp}, std::tuple{"sll.pcap", DLT_LINUX_SLL, sll}}) {
+    const std::string path = writePcap(name, lt, {{5, 0, frame}});
+    ReplayOptions o;
+    o.pcapPath = path;
+    o.json = true;
+    std::ostringstream out, err;
+    ASSERT_EQ(runReplay(o, out, err), 0) << err.str();
+    EXPECT_NE(out.str().find("\"proto\":\"udp\""), std::string::npos) << name << out.str();
+    std::filesystem::remove(path);
+  }
+}
+
+TEST(ReplayTest, SkipsFramesWithoutIp) {
+  std::vector<uint8_t> arp(42, 0);
+  arp[12] = 0x08;
+  arp[13] = 0x06;
+  EXPECT_FALSE(locateIp(DLT_EN10MB, arp.data(), arp.size()));
+  std::vector<uint8_t> vlan = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x81, 0x00, 0, 5, 0x08, 0x00};
+  const auto udp = ipv4Udp(kClient, kServer, 1, 2);
+  vlan.insert(vlan.end(), udp.begin(), udp.end());
+  const auto at = locateIp(DLT_EN10MB, vlan.data(), vlan.size());
+  ASSERT_TRUE(at);
+  EXPECT_EQ(at->first, 18u);
+}
+
+TEST(ReplayTest, MissingFileIsOneClearLineAndStatusTwo) {
+  ReplayOptions o;
+  o.pcapPath = "/nonexistent/capture.pcap";
+  std::ostringstream out, err;
+  EXPECT_EQ(runReplay(o, out, err), 2);
+  EXPECT_TRUE(out.str().empty());
+  const auto l = lines(err.str());
+  ASSERT_EQ(l.size(), 1u);
+  EXPECT_NE(l[0].find("/nonexistent/capture.pcap"), std::string::npos);
+}
+
+TEST(ReplayTest, NotACaptureIsStatusTwo) {
+  const auto path = (std::filesystem::temp_directory_path() / "ctsync-not-a-pcap").string();
+  std::ofstream(path) << "hello, I am not a capture\n";
+  ReplayOptions o;
+  o.pcapPath = path;
+  std::ostringstream out, err;
+  EXPECT_EQ(runReplay(o, out, err), 2);
+  EXPECT_EQ(lines(err.str()).size(), 1u);
+  std::filesystem::remove(path);
+}
+
+TEST(ReplayTest, ConfigErrorIsStatusTwoNamingFileAndKey) {
+  const auto cfg = (std::filesystem::temp_directory_path() / "ctsync-bad.toml").string();
+  std::ofstream(cfg) << "[tracker]\ntcp_loose = 3\n";
+  const auto pcap = writePcap("empty.pcap", DLT_EN10MB, {});
+  ReplayOptions o;
+  o.pcapPath = pcap;
+  o.configPath = cfg;
+  std::ostringstream out, err;
+  EXPECT_EQ(runReplay(o, out, err), 2);
+  EXPECT_NE(err.str().find(cfg + ":2:"), std::string::npos) << err.str();
+  EXPECT_NE(err.str().find("tracker.tcp_loose"), std::string::npos) << err.str();
+  std::filesystem::remove(cfg);
+  std::filesystem::remove(pcap);
+}
+
+TEST(ReplayTest, ConfigChangesTrackerBehaviour) {
+  // With tcp_loose = false a mid-stream ACK creates nothing.
+  const auto cfg = (std::filesystem::temp_directory_path() / "ctsync-loose.toml").string();
+  std::ofstream(cfg) << "[tracker]\ntcp_loose = false\n";
+  const auto ack = ipv4Tcp(kClient, kServer, 40000, 80, {tcpf::kAck, 1001, 5001});
+  const auto pcap = writePcap("pickup.pcap", DLT_EN10MB, {{1, 0, ethernet(ack)}});
+  ReplayOptions o;
+  o.pcapPath = pcap;
+  std::ostringstream out1, err1;
+  ASSERT_EQ(runReplay(o, out1, err1), 0);
+  EXPECT_EQ(lines(out1.str()).size(), 1u);  // loose pickup: one ESTABLISHED entry
+  o.configPath = cfg;
+  std::ostringstream out2, err2;
+  ASSERT_EQ(runReplay(o, out2, err2), 0);
+  EXPECT_TRUE(out2.str().empty());
+  std::filesystem::remove(cfg);
+  std::filesystem::remove(pcap);
+}
+
+}  // namespace
+}  // namespace ctsync::syncd
