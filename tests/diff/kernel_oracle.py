@@ -1,0 +1,311 @@
+#!/usr/bin/python3
+"""Kernel oracle: replay one pcap through real Linux conntrack and record what it did.
+
+Topology (everything lives in two private network namespaces; nothing touches the host's
+interfaces):
+
+    ctsdiff-inj-<pid>-<tag>                      ctsdiff-trk-<pid>-<tag>
+      injc 02:00:00:00:01:02  <--- veth --->  trkc 02:00:00:00:01:01  10.231.1.1/24 fd00:231:1::1/64
+      injs 02:00:00:00:02:02  <--- veth --->  trks 02:00:00:00:02:01  10.231.2.1/24 fd00:231:2::1/64
+
+The injector replays the pcap with tcpreplay (client-side frames, recognised by their
+source MAC, go out of injc, everything else out of injs), keeping the pcap's timing. The tracker
+forwards between its two interfaces with permanent neighbour entries, has conntrack active (an nft
+rule using `ct state`) and rx checksum offload off, so bad checksums are seen by conntrack. The
+injector drops everything it receives back (prerouting policy drop).
+
+Output: the `conntrack -E -o extended,timestamp` stream (events file) and `conntrack -L -o
+extended` for IPv4 then IPv6 (table file).
+
+Usage: kernel_oracle.py --pcap F.pcap --events OUT.events --table OUT.table
+                        [--sysctl nf_conntrack_tcp_loose=0 ...] [--tag NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+CLIENT_MAC_INJ = "02:00:00:00:01:02"  # source MAC of client-side frames in the pcaps
+CLIENT_MAC_TRK = "02:00:00:00:01:01"
+SERVER_MAC_INJ = "02:00:00:00:02:02"  # source MAC of server-side frames in the pcaps
+SERVER_MAC_TRK = "02:00:00:00:02:01"
+
+# Hosts the scenarios may send to; each gets a permanent neighbour entry so the tracker never
+# resolves addresses (no ARP/ND, no locally generated "host unreachable").
+CLIENT_HOSTS = ["10.231.1.2", "10.231.1.3", "10.231.1.4", "10.231.1.254",
+                "fd00:231:1::2", "fd00:231:1::3", "fd00:231:1::4", "fd00:231:1::fe"]
+SERVER_HOSTS = ["10.231.2.2", "10.231.2.3", "10.231.2.4", "10.231.2.254",
+                "fd00:231:2::2", "fd00:231:2::3", "fd00:231:2::4", "fd00:231:2::fe"]
+
+TRK_NFT = """
+table inet ctsdiff {
+  chain forward_ct {
+    type filter hook forward priority 0; policy accept;
+    ct state new counter
+    ct state established counter
+    ct state related counter
+    ct state invalid counter
+  }
+}
+"""
+
+INJ_NFT = """
+table inet ctsdiff_inj {
+  chain pre {
+    type filter hook prerouting priority -500; policy drop;
+  }
+}
+"""
+
+CMD_TIMEOUT = 20  # seconds, for every helper command
+_tag_lock = threading.Lock()
+_tag_counter = 0
+
+
+class OracleError(RuntimeError):
+    pass
+
+
+def _run(cmd: list[str], *, input_text: str | None = None, timeout: float = CMD_TIMEOUT,
+         check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, input=input_text, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise OracleError(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr.strip()}")
+    return p
+
+
+def _unique_tag(tag: str | None) -> str:
+    global _tag_counter
+    with _tag_lock:
+        _tag_counter += 1
+        n = _tag_counter
+    base = f"{os.getpid()}-{n}"
+    if tag:
+        safe = "".join(c for c in tag if c.isalnum())[:12]
+        base = f"{base}-{safe}"
+    return base
+
+
+class Oracle:
+    """One replay. Use as a context manager: namespaces are always deleted on exit."""
+
+    def __init__(self, tag: str | None = None):
+        t = _unique_tag(tag)
+        self.inj = f"ctsdiff-inj-{t}"
+        self.trk = f"ctsdiff-trk-{t}"
+        self.created: list[str] = []
+        self.listener: subprocess.Popen | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+        return False
+
+    def cleanup(self):
+        if self.listener is not None and self.listener.poll() is None:
+            try:
+                self.listener.send_signal(signal.SIGTERM)
+                self.listener.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.listener.kill()
+                self.listener.wait(timeout=3)
+            except ProcessLookupError:
+                pass
+        for ns in reversed(self.created):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=CMD_TIMEOUT)
+        self.created = []
+
+    def _ns(self, ns: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
+        return _run(["ip", "netns", "exec", ns, *cmd], **kw)
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self, sysctls: dict[str, str] | None = None):
+        inj, trk = self.inj, self.trk
+        for ns in (inj, trk):
+            _run(["ip", "netns", "add", ns])
+            self.created.append(ns)
+        # No IPv6 autoconfiguration noise from either side.
+        self._ns(trk, "sysctl", "-qw", "net.ipv6.conf.default.accept_ra=0",
+                 "net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.addr_gen_mode=1",
+                 "net.ipv6.conf.all.accept_redirects=0", "net.ipv4.conf.all.send_redirects=0",
+                 "net.ipv4.conf.default.send_redirects=0")
+        self._ns(inj, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1",
+                 "net.ipv6.conf.all.disable_ipv6=1")
+        # veth pairs created straight inside the namespaces: no names in the host namespace.
+        _run(["ip", "-n", inj, "link", "add", "injc", "address", CLIENT_MAC_INJ, "type", "veth",
+              "peer", "name", "trkc", "address", CLIENT_MAC_TRK, "netns", trk])
+        _run(["ip", "-n", inj, "link", "add", "injs", "address", SERVER_MAC_INJ, "type", "veth",
+              "peer", "name", "trks", "address", SERVER_MAC_TRK, "netns", trk])
+        self._ns(trk, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+                 "net.ipv4.conf.default.rp_filter=0", "net.ipv6.conf.all.forwarding=1")
+        for dev, a4, a6 in (("trkc", "10.231.1.1/24", "fd00:231:1::1/64"),
+                            ("trks", "10.231.2.1/24", "fd00:231:2::1/64")):
+            _run(["ip", "-n", trk, "addr", "add", a4, "dev", dev])
+            _run(["ip", "-n", trk, "addr", "add", a6, "dev", dev, "nodad"])
+            self._ns(trk, "sysctl", "-qw", f"net.ipv4.conf.{dev}.rp_filter=0")
+            # Checksums must be verified in software, or bad checksums pass unnoticed.
+            self._ns(trk, "ethtool", "-K", dev, "rx", "off")
+            self._ns(trk, "ethtool", "-K", dev, "gro", "off", check=False)
+        # Tracker side first: the side brought up second reports its carrier late (linkwatch).
+        _run(["ip", "-n", trk, "link", "set", "lo", "up"])
+        _run(["ip", "-n", trk, "link", "set", "trkc", "up"])
+        _run(["ip", "-n", trk, "link", "set", "trks", "up"])
+        _run(["ip", "-n", inj, "link", "set", "lo", "up"])
+        _run(["ip", "-n", inj, "link", "set", "injc", "up"])
+        _run(["ip", "-n", inj, "link", "set", "injs", "up"])
+        for dev, mac, hosts in (("trkc", CLIENT_MAC_INJ, CLIENT_HOSTS),
+                                ("trks", SERVER_MAC_INJ, SERVER_HOSTS)):
+            for h in hosts:
+                _run(["ip", "-n", trk, "neigh", "replace", h, "lladdr", mac, "dev", dev,
+                      "nud", "permanent"])
+        self._ns(trk, "nft", "-f", "-", input_text=TRK_NFT)
+        self._ns(inj, "nft", "-f", "-", input_text=INJ_NFT)
+        for k, v in (sysctls or {}).items():
+            key = k if k.startswith("net.") else f"net.netfilter.{k}"
+            self._ns(trk, "sysctl", "-qw", f"{key}={v}")
+        self._wait_links_up()
+
+    def _wait_links_up(self, limit: float = 4.0):
+        deadline = time.monotonic() + limit
+        while True:
+            ok = True
+            # Only the tracker side matters (IPv6 on trkc/trks waits for the link to be ready);
+            # the injector side's operstate lags ~1 s behind (linkwatch) but it transmits anyway.
+            for ns, devs in ((self.trk, ("trkc", "trks")),):
+                for d in devs:
+                    p = _run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{d}/operstate"],
+                             check=False)
+                    if p.stdout.strip() != "up":
+                        ok = False
+            if ok:
+                return
+            if time.monotonic() > deadline:
+                return  # carry on: carrier is there even when operstate lags
+            time.sleep(0.05)
+
+    # -- recording -----------------------------------------------------------------------------
+    def _listener_subscribed(self) -> bool:
+        p = self._ns(self.trk, "cat", "/proc/net/netlink", check=False)
+        for line in p.stdout.splitlines()[1:]:
+            f = line.split()
+            # Eth 12 = NETLINK_NETFILTER; a non-zero group mask = subscribed to ctnetlink events
+            if len(f) >= 4 and f[1] == "12" and int(f[3], 16) != 0:
+                return True
+        return False
+
+    def start_listener(self, events_path: str):
+        self._events_file = open(events_path, "w")
+        self.listener = subprocess.Popen(
+            ["ip", "netns", "exec", self.trk, "stdbuf", "-oL", "conntrack", "-E", "-o",
+             "extended,timestamp"],
+            stdout=self._events_file, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5.0
+        while not self._listener_subscribed():
+            if self.listener.poll() is not None:
+                raise OracleError("conntrack -E exited early")
+            if time.monotonic() > deadline:
+                raise OracleError("conntrack -E did not subscribe within 5 s")
+            time.sleep(0.02)
+
+    def stop_listener(self):
+        if self.listener is None:
+            return
+        if self.listener.poll() is None:
+            self.listener.send_signal(signal.SIGTERM)
+            try:
+                self.listener.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.listener.kill()
+                self.listener.wait(timeout=3)
+        self._events_file.close()
+        self.listener = None
+
+    def replay(self, pcap: str, workdir: str, timeout: float = 30.0):
+        cache = os.path.join(workdir, os.path.basename(pcap) + ".cache")
+        _run(["tcpprep", f"--mac={CLIENT_MAC_INJ}", f"--pcap={pcap}", f"--cachefile={cache}"])
+        # Plain tcpreplay: the pcaps already carry the tracker's MACs as destinations.
+        # (tcpreplay-edit --enet-dmac 4.4.3 rewrites IPv6 frames to 33:33:00:00:00:02, which the
+        # tracker then treats as multicast and never forwards.)
+        self._ns(self.inj, "tcpreplay", f"--cachefile={cache}", "-i", "injc", "-I", "injs",
+                 pcap, timeout=timeout)
+
+    def counters(self) -> str:
+        """Packets per `ct state` seen in the tracker's forward hook, e.g. "invalid 2"."""
+        p = self._ns(self.trk, "nft", "list", "chain", "inet", "ctsdiff", "forward_ct")
+        out = []
+        for line in p.stdout.splitlines():
+            f = line.split()
+            if len(f) >= 6 and f[0] == "ct" and f[1] == "state" and f[3] == "counter":
+                out.append(f"{f[2]} {f[5]}\n")
+        return "".join(out)
+
+    def table(self) -> str:
+        out = []
+        for fam in ("ipv4", "ipv6"):
+            p = self._ns(self.trk, "conntrack", "-L", "-o", "extended", "-f", fam)
+            out.append(p.stdout)
+        return "".join(out)
+
+
+def run_oracle(pcap: str, events_path: str, table_path: str,
+               sysctls: dict[str, str] | None = None, tag: str | None = None,
+               settle: float = 0.15, counters_path: str | None = None) -> None:
+    """Replay pcap through the kernel; write the event stream and the final table (and,
+    optionally, how many forwarded packets had each ct state: new/established/related/invalid)."""
+    with tempfile.TemporaryDirectory(prefix="ctsdiff-") as wd, Oracle(tag) as o:
+        o.setup(sysctls)
+        o.start_listener(events_path)
+        o.replay(pcap, wd)
+        time.sleep(settle)  # let the last events reach the listener
+        tbl = o.table()
+        o.stop_listener()
+        with open(table_path, "w") as f:
+            f.write(tbl)
+        if counters_path:
+            with open(counters_path, "w") as f:
+                f.write(o.counters())
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pcap", required=True)
+    ap.add_argument("--events", required=True, help="output: conntrack -E stream")
+    ap.add_argument("--table", required=True, help="output: conntrack -L (ipv4 then ipv6)")
+    ap.add_argument("--counters", default=None, help="output: packets per ct state")
+    ap.add_argument("--sysctl", action="append", default=[],
+                    help="NAME=VALUE inside the tracker namespace (net.netfilter. implied)")
+    ap.add_argument("--tag", default=None)
+    a = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("kernel_oracle: must run as root", file=sys.stderr)
+        return 2
+    sysctls = dict(s.split("=", 1) for s in a.sysctl)
+    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        run_oracle(a.pcap, a.events, a.table, sysctls, a.tag, counters_path=a.counters)
+    except (OracleError, subprocess.TimeoutExpired) as e:
+        print(f"kernel_oracle: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kernel_oracle: interrupted (namespaces removed)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
