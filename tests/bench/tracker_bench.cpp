@@ -1,0 +1,217 @@
+// Tracker throughput and memory on one core. Prints its figures; exits non-zero only if the
+// tracker misjudged the benchmark's own packets (a benchmark that measures the invalid path
+// measures nothing).
+//
+//   tracker_bench [--quick]
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "table/tracker.hpp"
+#include "tests/support/packet_builder.hpp"
+
+using namespace ctsync::table;
+using namespace ctsync::testing;
+
+namespace {
+
+constexpr Nanos kT0 = seconds(1'700'000'000);
+using Clock = std::chrono::steady_clock;
+
+double secondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+size_t rssBytes() {
+  std::ifstream f("/proc/self/statm");
+  size_t pages = 0, resident = 0;
+  f >> pages >> resident;
+  return resident * 4096;
+}
+
+uint32_t clientOf(uint32_t i) { return v4(10, static_cast<uint8_t>(1 + (i >> 16)), 0, 0) | (i & 0xffff); }
+const uint32_t kServer = v4(192, 0, 2, 1);
+uint16_t portOf(uint32_t i) { return static_cast<uint16_t>(10000 + (i % 50000)); }
+
+TrackerSettings settingsFor(uint32_t flows) {
+  TrackerSettings s;
+  uint32_t n = 1;
+  while (n < flows) n <<= 1;
+  s.table.maxEntries = n;
+  s.table.buckets = n;
+  s.table.refreshPercent = 0;
+  return s;
+}
+
+// Sets up `flows` established TCP flows with a handshake each. Returns false if any step was
+// not judged as the kernel would.
+bool establish(Tracker& t, uint32_t flows, Nanos now) {
+  for (uint32_t i = 0; i < flows; ++i) {
+    const uint32_t c = clientOf(i);
+    const uint16_t p = portOf(i);
+    const auto syn = ipv4Tcp(c, kServer, p, 80, {tcpf::kSyn, 1000, 0, 65535});
+    const auto synack = ipv4Tcp(kServer, c, 80, p, {tcpf::kSyn | tcpf::kAck, 5000, 1001, 65535});
+    const auto ack = ipv4Tcp(c, kServer, p, 80, {tcpf::kAck, 1001, 5001, 65535});
+    if (t.process(syn.data(), syn.size(), now).state != CtState::kNew) return false;
+    t.process(synack.data(), synack.size(), now);
+    if (t.process(ack.data(), ack.size(), now).state != CtState::kEstablished) return false;
+  }
+  return true;
+}
+
+struct PacketSet {
+  std::vector<uint8_t> storage;
+  std::vector<RawPacket> pkts;
+};
+
+// One ACK each way per flow, as keepalive-sized established traffic.
+PacketSet acks(uint32_t flows) {
+  PacketSet s;
+  std::vector<std::vector<uint8_t>> tmp;
+  const size_t len = ipv4Tcp(0, 0, 0, 0, {}).size();
+  s.storage.resize(size_t{flows} * 2 * len);
+  for (uint32_t i = 0; i < flows; ++i) {
+    const uint32_t c = clientOf(i);
+    const uint16_t p = portOf(i);
+    const auto a = ipv4Tcp(c, kServer, p, 80, {tcpf::kAck, 1001, 5001, 65535});
+    const auto b = ipv4Tcp(kServer, c, 80, p, {tcpf::kAck, 5001, 1001, 65535});
+    std::memcpy(&s.storage[(size_t{i} * 2) * len], a.data(), len);
+    std::memcpy(&s.storage[(size_t{i} * 2 + 1) * len], b.data(), len);
+  }
+  for (size_t k = 0; k < size_t{flows} * 2; ++k) {
+    s.pkts.push_back({&s.storage[k * len], static_cast<uint32_t>(len)});
+  }
+  return s;
+}
+
+struct Result {
+  double mpps;
+  uint64_t packets;
+  uint64_t wrong;
+};
+
+Result run(Tracker& t, const std::vector<RawPacket>& order, uint64_t minPackets, Nanos now) {
+  std::vector<Verdict> out(Tracker::kMaxBatch);
+  uint64_t done = 0, wrong = 0;
+  const auto start = Clock::now();
+  while (done < minPackets) {
+    for (size_t i = 0; i < order.size(); i += Tracker::kMaxBatch) {
+      const size_t n = std::min(Tracker::kMaxBatch, order.size() - i);
+      now += 1000;  // 1 us per batch
+      t.processBatch(std::span(order).subspan(i, n), now, std::span(out).first(n));
+      for (size_t k = 0; k < n; ++k) wrong += out[k].state != CtState::kEstablished;
+      done += n;
+    }
+  }
+  const double secs = secondsSince(start);
+  return {static_cast<double>(done) / secs / 1e6, done, wrong};
+}
+
+int established(uint32_t flows, bool shuffle, uint64_t minPackets, double target) {
+  Tracker t(settingsFor(flows), 12345);
+  if (!establish(t, flows, kT0)) {
+    std::printf("FAIL: handshakes were not tracked as expected\n");
+    return 1;
+  }
+  PacketSet set = acks(flows);
+  std::vector<RawPacket> order = set.pkts;
+  if (shuffle) std::shuffle(order.begin(), order.end(), std::mt19937_64(99));
+  run(t, order, std::min<uint64_t>(order.size(), 2'000'000), kT0 + seconds(1));  // warm up
+  const Result r = run(t, order, minPackets, kT0 + seconds(2));
+  std::printf("established, %u flows, %s order: %.2f Mpps (%llu packets) target >= %.0f%s\n",
+              flows, shuffle ? "random" : "sequential", r.mpps,
+              static_cast<unsigned long long>(r.packets), target,
+              r.mpps >= target ? "" : "  ** below target **");
+  if (r.wrong != 0) {
+    std::printf("FAIL: %llu packets not judged ESTABLISHED\n",
+                static_cast<unsigned long long>(r.wrong));
+    return 1;
+  }
+  return 0;
+}
+
+// Whole connections: SYN, SYN+ACK, ACK, request, response, ack, FIN, FIN, ACK; entries go to
+// TIME_WAIT and are destroyed when the clock passes their expiry.
+int connections(uint32_t perRound, int rounds, double target) {
+  Tracker t(settingsFor(perRound * 2), 777);
+  std::vector<std::vector<uint8_t>> seqs;
+  for (uint32_t i = 0; i < perRound; ++i) {
+    const uint32_t c = clientOf(i);
+    const uint16_t p = portOf(i);
+    seqs.push_back(ipv4Tcp(c, kServer, p, 80, {tcpf::kSyn, 1000, 0}));
+    seqs.push_back(ipv4Tcp(kServer, c, 80, p, {tcpf::kSyn | tcpf::kAck, 5000, 1001}));
+    seqs.push_back(ipv4Tcp(c, kServer, p, 80, {tcpf::kAck, 1001, 5001}));
+    seqs.push_back(ipv4Tcp(c, kServer, p, 80, {tcpf::kAck | tcpf::kPsh, 1001, 5001, 65535, {}, 100}));
+    seqs.push_back(ipv4Tcp(kServer, c, 80, p, {tcpf::kAck | tcpf::kPsh, 5001, 1101, 65535, {}, 400}));
+    seqs.push_back(ipv4Tcp(c, kServer, p, 80, {tcpf::kAck | tcpf::kFin, 1101, 5401}));
+    seqs.push_back(ipv4Tcp(kServer, c, 80, p, {tcpf::kAck | tcpf::kFin, 5401, 1102}));
+    seqs.push_back(ipv4Tcp(c, kServer, p, 80, {tcpf::kAck, 1102, 5402}));
+  }
+  std::vector<RawPacket> raw;
+  for (const auto& s : seqs) raw.push_back({s.data(), static_cast<uint32_t>(s.size())});
+  std::vector<Verdict> out(raw.size());
+  Nanos now = kT0;
+  uint64_t conns = 0;
+  const auto start = Clock::now();
+  for (int r = 0; r < rounds; ++r) {
+    // Per connection its own packets in order; batches carry several connections.
+    t.processBatch(raw, now, out);
+    conns += perRound;
+    now += seconds(121);  // past TIME_WAIT: the next batch's expiry destroys the whole round
+    t.advance(now);
+  }
+  const double secs = secondsSince(start);
+  const double rate = static_cast<double>(conns) / secs / 1e6;
+  const auto& tc = t.table().counters();
+  std::printf("whole TCP connections (8 packets each, create + destroy): %.2f M/s (%llu in %.2f s)"
+              " target >= %.0f%s\n",
+              rate, static_cast<unsigned long long>(conns), secs, target,
+              rate >= target ? "" : "  ** below target **");
+  if (tc.inserted != conns || tc.expired != conns || t.counters().invalidTotal != 0) {
+    std::printf("FAIL: inserted %llu expired %llu invalid %llu for %llu connections\n",
+                static_cast<unsigned long long>(tc.inserted),
+                static_cast<unsigned long long>(tc.expired),
+                static_cast<unsigned long long>(t.counters().invalidTotal),
+                static_cast<unsigned long long>(conns));
+    return 1;
+  }
+  return 0;
+}
+
+int memory(uint32_t flows) {
+  const size_t before = rssBytes();
+  TrackerSettings s;
+  s.table.maxEntries = flows;
+  s.table.buckets = flows;
+  Tracker t(s, 5);
+  if (!establish(t, flows, kT0)) {
+    std::printf("FAIL: handshakes for the memory test\n");
+    return 1;
+  }
+  const size_t after = rssBytes();
+  std::printf("memory, %u IPv4 TCP flows: %.1f bytes/flow resident (entry %zu B, table %.1f "
+              "B/flow incl. buckets and wheel) target <= 192\n",
+              flows, static_cast<double>(after - before) / flows, sizeof(Entry),
+              static_cast<double>(t.table().memoryBytes()) / flows);
+  return t.table().size() == flows ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  int rc = 0;
+  rc |= established(1000, false, quick ? 2'000'000 : 60'000'000, 15);
+  rc |= established(quick ? 100'000 : 1'000'000, true, quick ? 2'000'000 : 30'000'000, 8);
+  rc |= connections(quick ? 10'000 : 100'000, quick ? 3 : 20, 1);
+  rc |= memory(quick ? 100'000 : 1'000'000);
+  return rc;
+}
