@@ -87,6 +87,7 @@ int runReplay(const ReplayOptions& options, std::ostream& out, std::ostream& err
     out << (options.json ? table::formatEntryJson(t, idx, last) : table::formatEntry(t, idx, last, fmt))
         << '\n';
   }
+  out.flush();  // the summary goes to `err`: keep it after the table on a shared terminal
   if (options.stats) {
     const auto& c = tracker.counters();
     err << "ctsyncd replay: " << frames << " IP packets, " << reader.skipped()

@@ -1,5 +1,6 @@
 #include "table/packet.hpp"
 
+#include <bit>
 #include <cstring>
 
 // What this parser accepts follows what nf_conntrack_in() accepts in Linux 6.x after ip_rcv /
@@ -26,12 +27,33 @@ uint16_t load16(const uint8_t* p) {
   return static_cast<uint16_t>((p[0] << 8) | p[1]);
 }
 
-// One's-complement sum of `n` bytes as big-endian 16-bit words, not yet folded.
+// One's-complement sum of `n` bytes as big-endian 16-bit words, not yet folded. The sum is
+// taken over native 32-bit words and byte-swapped once at the end (RFC 1071: the one's
+// complement sum does not depend on byte order); this runs on every packet.
 uint64_t sumBytes(const uint8_t* p, size_t n, uint64_t acc) {
+  uint64_t native = 0;
   size_t i = 0;
-  for (; i + 1 < n; i += 2) acc += load16(p + i);
-  if (i < n) acc += uint64_t{p[i]} << 8;
-  return acc;
+  for (; i + 4 <= n; i += 4) {
+    uint32_t w;
+    std::memcpy(&w, p + i, 4);
+    native += w;
+  }
+  if (i + 2 <= n) {
+    uint16_t w;
+    std::memcpy(&w, p + i, 2);
+    native += w;
+    i += 2;
+  }
+  if (i < n) {
+    const uint8_t last[2] = {p[i], 0};
+    uint16_t w;
+    std::memcpy(&w, last, 2);
+    native += w;
+  }
+  while (native >> 16) native = (native & 0xffff) + (native >> 16);
+  const uint16_t be = __builtin_bswap16(static_cast<uint16_t>(native));
+  if constexpr (std::endian::native == std::endian::big) return acc + native;
+  return acc + be;
 }
 
 uint16_t fold(uint64_t acc) {

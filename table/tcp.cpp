@@ -98,8 +98,12 @@ constexpr bool validFlags(uint8_t f) {
 }
 
 // Sequence-space comparisons (RFC 1982 style, as the kernel's before()/after()).
-inline bool before(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
-inline bool after(uint32_t a, uint32_t b) { return before(b, a); }
+inline bool before(uint32_t a, uint32_t b) {
+  return static_cast<int32_t>(a - b) < 0;
+}
+inline bool after(uint32_t a, uint32_t b) {
+  return before(b, a);
+}
 
 inline uint32_t load32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
@@ -182,8 +186,7 @@ void parseSack(const Segment& s, uint32_t& sack) {
   if (s.optLen == 0) return;
   const uint8_t* p = s.opts;
   // Timestamps alone (NOP, NOP, TS) are what almost every segment carries: skip the walk.
-  if (s.optLen == 12 && p[0] == kOptNop && p[1] == kOptNop && p[2] == kOptTimestamp &&
-      p[3] == 10) {
+  if (s.optLen == 12 && p[0] == kOptNop && p[1] == kOptNop && p[2] == kOptTimestamp && p[3] == 10) {
     return;
   }
   int32_t left = static_cast<int32_t>(s.optLen);
@@ -272,11 +275,8 @@ WindowResult inWindow(const TcpSettings& settings, TcpConn& c, Dir dir, Index cl
     if (dir == Dir::kReply && !hasAck) return WindowResult::kAccept;
   }
 
-  if (!hasAck) {
-    ack = sack = receiver.end;  // no ACK: pretend it acked everything
-  } else if ((s.flags & kRst) && ack == 0) {
-    ack = sack = receiver.end;  // broken stacks send RST|ACK with ack 0
-  }
+  // No ACK: pretend it acked everything. Broken stacks send RST|ACK with ack 0: likewise.
+  if (!hasAck || ((s.flags & kRst) && ack == 0)) ack = sack = receiver.end;
 
   if ((s.flags & kRst) && seq == 0 && c.state == TcpState::kSynSent) {
     seq = end = sender.end;  // RST answering our SYN
@@ -351,17 +351,27 @@ WindowResult inWindow(const TcpSettings& settings, TcpConn& c, Dir dir, Index cl
 
 Nanos stateTimeout(const TcpSettings& s, TcpState state) {
   switch (state) {
-    case TcpState::kNone: return s.synSent;  // the kernel's timeouts[0] mirrors SYN_SENT
-    case TcpState::kSynSent: return s.synSent;
-    case TcpState::kSynRecv: return s.synRecv;
-    case TcpState::kEstablished: return s.established;
-    case TcpState::kFinWait: return s.finWait;
-    case TcpState::kCloseWait: return s.closeWait;
-    case TcpState::kLastAck: return s.lastAck;
-    case TcpState::kTimeWait: return s.timeWait;
-    case TcpState::kClose: return s.close;
-    case TcpState::kSynSent2: return s.synSent2;
-    case TcpState::kCount: break;
+    case TcpState::kNone:  // the kernel's timeouts[0] mirrors SYN_SENT
+    case TcpState::kSynSent:
+      return s.synSent;
+    case TcpState::kSynRecv:
+      return s.synRecv;
+    case TcpState::kEstablished:
+      return s.established;
+    case TcpState::kFinWait:
+      return s.finWait;
+    case TcpState::kCloseWait:
+      return s.closeWait;
+    case TcpState::kLastAck:
+      return s.lastAck;
+    case TcpState::kTimeWait:
+      return s.timeWait;
+    case TcpState::kClose:
+      return s.close;
+    case TcpState::kSynSent2:
+      return s.synSent2;
+    case TcpState::kCount:
+      break;
   }
   return s.synSent;
 }
@@ -390,17 +400,28 @@ L4Outcome ignored() {
 
 const char* tcpStateName(TcpState s) {
   switch (s) {
-    case TcpState::kNone: return "NONE";
-    case TcpState::kSynSent: return "SYN_SENT";
-    case TcpState::kSynRecv: return "SYN_RECV";
-    case TcpState::kEstablished: return "ESTABLISHED";
-    case TcpState::kFinWait: return "FIN_WAIT";
-    case TcpState::kCloseWait: return "CLOSE_WAIT";
-    case TcpState::kLastAck: return "LAST_ACK";
-    case TcpState::kTimeWait: return "TIME_WAIT";
-    case TcpState::kClose: return "CLOSE";
-    case TcpState::kSynSent2: return "SYN_SENT2";
-    case TcpState::kCount: break;
+    case TcpState::kNone:
+      return "NONE";
+    case TcpState::kSynSent:
+      return "SYN_SENT";
+    case TcpState::kSynRecv:
+      return "SYN_RECV";
+    case TcpState::kEstablished:
+      return "ESTABLISHED";
+    case TcpState::kFinWait:
+      return "FIN_WAIT";
+    case TcpState::kCloseWait:
+      return "CLOSE_WAIT";
+    case TcpState::kLastAck:
+      return "LAST_ACK";
+    case TcpState::kTimeWait:
+      return "TIME_WAIT";
+    case TcpState::kClose:
+      return "CLOSE";
+    case TcpState::kSynSent2:
+      return "SYN_SENT2";
+    case TcpState::kCount:
+      break;
   }
   return "UNKNOWN";
 }

@@ -45,31 +45,36 @@ void Tracker::processBatch(std::span<const RawPacket> pkts, Nanos now, std::span
                            uint16_t zone) {
   now = clampTime(now);
   table_.expire(now);
-  auto& parsed = batchParsed_;
-  auto& hashes = batchHashes_;
-  for (size_t base = 0; base < pkts.size(); base += kMaxBatch) {
-    const size_t n = std::min(kMaxBatch, pkts.size() - base);
-    // Stage 1: parse, hash, prefetch the bucket heads.
-    for (size_t i = 0; i < n; ++i) {
-      parsed[i] = parseIp(pkts[base + i].data, pkts[base + i].len, parseOptions_);
-      if (parsed[i].kind == ParseKind::kPacket && !parsed[i].packet.icmpError) {
-        hashes[i] = table_.hash(parsed[i].packet.tuple, zone);
-        table_.prefetch(hashes[i]);
+  // A software pipeline: packet i is parsed, hashed and its bucket head prefetched while the
+  // bucket of packet i - kStage is read and its first entry prefetched, and packet i - 2*kStage
+  // is tracked. kStage packets of work hide each memory miss. Prefetches are only hints: every
+  // lookup is done again when the packet is tracked, in order, so a packet that creates or
+  // kills an entry is seen by the packets after it.
+  constexpr size_t kStage = 10;
+  static_assert(2 * kStage < kMaxBatch);
+  const size_t n = pkts.size();
+  auto hashable = [](const ParseResult& r) {
+    return r.kind == ParseKind::kPacket && !r.packet.icmpError;
+  };
+  for (size_t i = 0; i < n + 2 * kStage; ++i) {
+    if (i < n) {
+      ParseResult& r = batchParsed_[i % kMaxBatch];
+      r = parseIp(pkts[i].data, pkts[i].len, parseOptions_);
+      if (hashable(r)) {
+        batchHashes_[i % kMaxBatch] = table_.hash(r.packet.tuple, zone);
+        table_.prefetch(batchHashes_[i % kMaxBatch]);
       }
     }
-    // Stage 2: the heads are (mostly) in cache now; prefetch the first entry of each chain.
-    for (size_t i = 0; i < n; ++i) {
-      if (parsed[i].kind == ParseKind::kPacket && !parsed[i].packet.icmpError) {
-        table_.prefetchEntry(hashes[i]);
-      }
+    if (i >= kStage && i - kStage < n) {
+      const size_t j = (i - kStage) % kMaxBatch;
+      if (hashable(batchParsed_[j])) table_.prefetchEntry(batchHashes_[j]);
     }
-    // Stage 3: track in order. Prefetches were hints: every lookup is done again here, so a
-    // packet that creates or kills an entry is seen by the packets after it.
-    for (size_t i = 0; i < n; ++i) {
-      const bool hashed = parsed[i].kind == ParseKind::kPacket && !parsed[i].packet.icmpError;
-      out[base + i] =
-          track(pkts[base + i].data, pkts[base + i].len, parsed[i], hashes[i], hashed, now, zone);
-      ++counters_.byState[static_cast<size_t>(out[base + i].state)];
+    if (i >= 2 * kStage) {
+      const size_t k = i - 2 * kStage;
+      ParseResult& r = batchParsed_[k % kMaxBatch];
+      out[k] = track(pkts[k].data, pkts[k].len, r, batchHashes_[k % kMaxBatch], hashable(r), now,
+                     zone);
+      ++counters_.byState[static_cast<size_t>(out[k].state)];
     }
   }
 }

@@ -56,9 +56,9 @@ class Tracker {
   // latest time seen). Entries that expired by `now` are destroyed first.
   Verdict process(const uint8_t* data, size_t len, Nanos now, uint16_t zone = 0);
 
-  // Same result as calling process() for each packet in order, but hashes and prefetches the
-  // whole batch first, so that table misses overlap. `out` must be at least as long as `pkts`;
-  // batches longer than kMaxBatch are split.
+  // Same result as calling process() for each packet in order, but parses, hashes and
+  // prefetches packets ahead of tracking them, so that table misses overlap. `out` must be at
+  // least as long as `pkts`. All packets are taken to arrive at `now`.
   void processBatch(std::span<const RawPacket> pkts, Nanos now, std::span<Verdict> out,
                     uint16_t zone = 0);
 

@@ -1,14 +1,15 @@
 // Unit tests of the TCP tracker against the behaviour of Linux's nf_conntrack_proto_tcp.c.
 // Segments are built as bytes; a small Flow plays the table's part (tcpError, tcpNew on the
 // first packet, SEEN_REPLY after an accepted reply, as nf_conntrack_in does).
+#include "table/tcp.hpp"
+
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <utility>
 #include <vector>
-
-#include "table/tcp.hpp"
 
 namespace ctsync::table {
 namespace {
@@ -39,16 +40,34 @@ struct Seg {
   uint32_t payload = 0;
   std::optional<uint8_t> doff;  // override of the data offset field
 
-  Seg& f(uint8_t v) { flags = v; return *this; }
-  Seg& sq(uint32_t v) { seq = v; return *this; }
-  Seg& ak(uint32_t v) { ack = v; return *this; }
-  Seg& w(uint16_t v) { win = v; return *this; }
-  Seg& len(uint32_t v) { payload = v; return *this; }
-  Seg& ws(uint8_t v) { wscale = v; return *this; }
-  Seg& sp() { sackPerm = true; return *this; }
-  Seg& blk(uint32_t l, uint32_t r) { sack.emplace_back(l, r); return *this; }
-  Seg& stamp(uint32_t v, uint32_t e) { ts = std::make_pair(v, e); return *this; }
-  Seg& maxseg(uint16_t v) { mss = v; return *this; }
+  Seg& w(uint16_t v) {
+    win = v;
+    return *this;
+  }
+  Seg& len(uint32_t v) {
+    payload = v;
+    return *this;
+  }
+  Seg& ws(uint8_t v) {
+    wscale = v;
+    return *this;
+  }
+  Seg& sp() {
+    sackPerm = true;
+    return *this;
+  }
+  Seg& blk(uint32_t l, uint32_t r) {
+    sack.emplace_back(l, r);
+    return *this;
+  }
+  Seg& stamp(uint32_t v, uint32_t e) {
+    ts = std::make_pair(v, e);
+    return *this;
+  }
+  Seg& maxseg(uint16_t v) {
+    mss = v;
+    return *this;
+  }
 
   std::vector<uint8_t> bytes() const {
     std::vector<uint8_t> o;
@@ -135,8 +154,12 @@ struct Flow {
   }
 };
 
-bool isAccept(const L4Outcome& o) { return o.kind == L4Outcome::Kind::kAccept; }
-bool isIgnored(const L4Outcome& o) { return isAccept(o) && !o.refresh && o.events == 0; }
+bool isAccept(const L4Outcome& o) {
+  return o.kind == L4Outcome::Kind::kAccept;
+}
+bool isIgnored(const L4Outcome& o) {
+  return isAccept(o) && !o.refresh && o.events == 0;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Names, tcpError
@@ -287,9 +310,9 @@ TEST(TcpTest, HandshakeReachesEstablishedAssured) {
   EXPECT_EQ(c.seen[1].end, 5001u);
   EXPECT_EQ(c.seen[0].scale, 7);
   EXPECT_EQ(c.seen[1].scale, 7);
-  EXPECT_EQ(c.seen[0].maxwin, 300u << 7);                  // scaled once the SYNs are over
-  EXPECT_EQ(c.seen[1].maxend, 5001u + (300u << 7));        // client's ack + scaled window
-  EXPECT_EQ(c.seen[0].maxend, 1001u + 2000);               // SYN+ACK window is never scaled
+  EXPECT_EQ(c.seen[0].maxwin, 300u << 7);            // scaled once the SYNs are over
+  EXPECT_EQ(c.seen[1].maxend, 5001u + (300u << 7));  // client's ack + scaled window
+  EXPECT_EQ(c.seen[0].maxend, 1001u + 2000);         // SYN+ACK window is never scaled
   EXPECT_NE(c.seen[0].flags & tcpflag::kMaxackSet, 0);
   EXPECT_NE(c.seen[1].flags & tcpflag::kMaxackSet, 0);
   EXPECT_EQ(c.seen[0].flags & tcpflag::kDataUnacknowledged, 0);
@@ -314,7 +337,7 @@ TEST(TcpTest, WindowScaleOnlyWhenBothSidesSendIt) {
   EXPECT_EQ(clientOnly.conn.seen[0].scale, 0);
   EXPECT_EQ(clientOnly.conn.seen[1].scale, 0);
   EXPECT_NE(clientOnly.conn.seen[0].flags & tcpflag::kWindowScale, 0);  // flag stays
-  EXPECT_EQ(clientOnly.conn.seen[0].maxwin, 1000u);                      // unscaled
+  EXPECT_EQ(clientOnly.conn.seen[0].maxwin, 1000u);                     // unscaled
 
   Flow serverOnly;
   serverOnly.handshake(std::nullopt, 7);
@@ -958,7 +981,7 @@ TEST(TcpTest, OutOfWindowFinExchangeAsksForUnacknowledgedCap) {
   f.handshake();
   L4Outcome o = f.send(kOrig, seg(F | A, 1001 + 100000000, 5001));
   EXPECT_EQ(o.reason, InvalidReason::kTcpWindow);
-  EXPECT_EQ(o.timeout, 0);  // first one is only noted
+  EXPECT_EQ(o.timeout, 0);         // first one is only noted
   EXPECT_EQ(f.conn.lastIndex, 2);  // TCP_FIN_SET
   EXPECT_EQ(f.conn.lastDir, 0);
   o = f.send(kRepl, seg(R, 5001 + 100000000));
