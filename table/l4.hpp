@@ -26,7 +26,9 @@ inline constexpr uint32_t kSynproxy = 1u << 11;
 struct L4Outcome {
   enum class Kind : uint8_t {
     kAccept,   // packet belongs to the entry; apply the fields below
-    kInvalid,  // nothing changes except what the tracker itself recorded; `reason` says why
+    kInvalid,  // nothing changes except what the tracker itself recorded and, when `refresh`
+               // is set, the timeout (the kernel lowers it for some invalid TCP packets);
+               // `reason` says why
     kKill,     // delete the entry now (e.g. RST while only a RST was ever seen in reply)
     kReopen,   // delete the entry now, then track the same packet as a brand-new flow
   };

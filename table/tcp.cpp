@@ -467,7 +467,7 @@ L4Outcome tcpNew(const TcpSettings& settings, const uint8_t* l4, uint32_t l4Len,
 }
 
 L4Outcome tcpPacket(const TcpSettings& settings, TcpConn& conn, uint32_t& status, Dir dir,
-                    const uint8_t* l4, uint32_t l4Len) {
+                    const uint8_t* l4, uint32_t l4Len, Nanos remaining) {
   // tcpError() ran before the lookup; these two compares only keep a broken caller from
   // making us read past the buffer.
   if (l4Len < kMinHeader) return L4Outcome::invalid(InvalidReason::kTruncated);
@@ -607,17 +607,19 @@ L4Outcome tcpPacket(const TcpSettings& settings, TcpConn& conn, uint32_t& status
       case WindowResult::kInvalid: {
         L4Outcome o = L4Outcome::invalid(InvalidReason::kTcpWindow);
         // nf_tcp_handle_invalid: an assured flow whose FIN/RST exchange fell out of window is
-        // probably dead; the kernel lowers its remaining timeout to `unacknowledged` (only if
-        // the remaining time is above that and at least 120 s). Signalled to the table as a
-        // non-zero timeout on an invalid outcome, with refresh left false.
+        // probably dead; the kernel lowers its remaining timeout to `unacknowledged` when more
+        // than that is left, and leaves entries with less than 120 s alone altogether.
         if ((status & status::kAssured) && !(status & status::kFixedTimeout) &&
             (idx == kRstSet || idx == kFinSet)) {
           if (conn.lastDir != d && (conn.lastIndex == kFinSet || conn.lastIndex == kRstSet)) {
-            o.timeout = settings.unacknowledged;
-          } else {
-            conn.lastIndex = idx;
-            conn.lastDir = static_cast<uint8_t>(d);
+            if (remaining < kInvalidCapFloor) return o;
+            if (remaining > settings.unacknowledged) {
+              o.refresh = true;
+              o.timeout = settings.unacknowledged;
+            }
           }
+          conn.lastIndex = idx;
+          conn.lastDir = static_cast<uint8_t>(d);
         }
         return o;
       }

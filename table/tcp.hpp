@@ -82,9 +82,11 @@ L4Outcome tcpNew(const TcpSettings& settings, const uint8_t* l4, uint32_t l4Len,
 // Tracks one segment of an existing entry (and the creating segment right after tcpNew).
 // `status` is the entry's status word before this packet: SEEN_REPLY is not yet set for the
 // first reply (the table sets it afterwards, as nf_conntrack_in does). The tracker may set
-// status::kAssured itself, reporting ev::kAssured.
+// status::kAssured itself, reporting ev::kAssured. `remaining` is the time the entry has left
+// before this packet: an assured flow whose FIN/RST exchange falls out of window gets its
+// timeout lowered (kInvalid with `refresh` set), as the kernel's nf_tcp_handle_invalid does.
 L4Outcome tcpPacket(const TcpSettings& settings, TcpConn& conn, uint32_t& status, Dir dir,
-                    const uint8_t* l4, uint32_t l4Len);
+                    const uint8_t* l4, uint32_t l4Len, Nanos remaining);
 
 // True when the entry is in a state the kernel's GC drops first when the table is nearly full
 // (FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE).

@@ -163,6 +163,7 @@ Verdict Tracker::update(const Packet& p, ConnTable::Hit hit, uint64_t hash, Nano
   const int d = index(hit.dir);
   switch (o.kind) {
     case L4Outcome::Kind::kInvalid:
+      if (o.refresh) table_.setTimeout(hit.index, o.timeout, now, /*quiet=*/true);
       return invalid(o.reason);
     case L4Outcome::Kind::kReopen:
       table_.destroy(hit.index, now);
@@ -201,7 +202,7 @@ L4Outcome Tracker::l4Packet(Entry& e, Dir dir, const Packet& p, Nanos now) {
   const ProtocolSettings& ps = settings_.protocols;
   switch (e.l4) {
     case proto::kTcp:
-      return tcpPacket(ps.tcp, e.tcp, e.status, dir, p.l4, p.l4Len);
+      return tcpPacket(ps.tcp, e.tcp, e.status, dir, p.l4, p.l4Len, e.expiry - now);
     case proto::kUdp:
     case proto::kUdplite: {
       // As nf_conntrack_udp_packet: a flow that has seen a reply and is still active more than

@@ -559,6 +559,16 @@ def _(sc):
     t.C("A")
 
 
+@scenario("tcp_out_of_window_close", "an assured flow: the client's FIN and then the server's RST "
+          "both far out of window (invalid); the kernel lowers the timeout to 300 s "
+          "(nf_tcp_handle_invalid) and keeps ESTABLISHED")
+def _(sc):
+    t = Tcp(sc)
+    t.handshake([MSS], [MSS])
+    t.C("FA", seq=t.c_nxt + 100000000, advance=False)
+    t.S("R", seq=t.s_nxt + 100000000, advance=False)
+
+
 @scenario("tcp_bare_fin", "a FIN without ACK as the first packet of one flow (invalid), and a FIN "
           "without ACK inside an established flow (invalid: stays ESTABLISHED)")
 def _(sc):

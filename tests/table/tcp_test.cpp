@@ -123,6 +123,7 @@ struct Flow {
   TcpConn conn;
   uint32_t status = 0;
   bool exists = false;
+  Nanos remaining = seconds(432000);  // what the table would say the entry has left
 
   L4Outcome send(Dir dir, const Seg& sg) {
     const std::vector<uint8_t> b = sg.bytes();
@@ -133,7 +134,8 @@ struct Flow {
       if (n.kind != L4Outcome::Kind::kAccept) return n;
       exists = true;
     }
-    L4Outcome o = tcpPacket(settings, conn, status, dir, b.data(), static_cast<uint32_t>(b.size()));
+    L4Outcome o =
+        tcpPacket(settings, conn, status, dir, b.data(), static_cast<uint32_t>(b.size()), remaining);
     if (o.kind == L4Outcome::Kind::kAccept && dir == kRepl) status |= status::kSeenReply;
     if (o.kind == L4Outcome::Kind::kKill || o.kind == L4Outcome::Kind::kReopen) exists = false;
     return o;
@@ -986,8 +988,26 @@ TEST(TcpTest, OutOfWindowFinExchangeAsksForUnacknowledgedCap) {
   EXPECT_EQ(f.conn.lastDir, 0);
   o = f.send(kRepl, seg(R, 5001 + 100000000));
   EXPECT_EQ(o.reason, InvalidReason::kTcpWindow);
-  EXPECT_FALSE(o.refresh);
+  EXPECT_TRUE(o.refresh);
   EXPECT_EQ(o.timeout, seconds(300));  // the answer: lower the remaining timeout
+  EXPECT_EQ(f.conn.lastIndex, 4);      // TCP_RST_SET, noted
+  // Less than 120 s left: left alone entirely, not even noted.
+  Flow h;
+  h.handshake();
+  h.send(kOrig, seg(F | A, 1001 + 100000000, 5001));
+  h.remaining = seconds(119);
+  o = h.send(kRepl, seg(R, 5001 + 100000000));
+  EXPECT_EQ(o.reason, InvalidReason::kTcpWindow);
+  EXPECT_FALSE(o.refresh);
+  EXPECT_EQ(h.conn.lastIndex, 2);
+  // Already below the cap: noted, timeout untouched.
+  Flow k;
+  k.handshake();
+  k.send(kOrig, seg(F | A, 1001 + 100000000, 5001));
+  k.remaining = seconds(200);
+  o = k.send(kRepl, seg(R, 5001 + 100000000));
+  EXPECT_FALSE(o.refresh);
+  EXPECT_EQ(k.conn.lastIndex, 4);
   // Not for flows that are not assured.
   Flow g;
   ASSERT_TRUE(isAccept(g.send(kOrig, seg(S, 1000))));

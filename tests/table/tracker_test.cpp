@@ -120,6 +120,23 @@ TEST_F(TrackerTest, TimeWaitReopenedBySynIsDestroyedAndCreatedAgain) {
   EXPECT_EQ(only()->tcp.state, TcpState::kSynSent);
 }
 
+TEST_F(TrackerTest, OutOfWindowCloseOfAnAssuredFlowShortensItsTimeout) {
+  feed(ipv4Tcp(kClient, kServer, 40000, 80, {tcpf::kSyn, 1000, 0}), kT0);
+  feed(ipv4Tcp(kServer, kClient, 80, 40000, {tcpf::kSyn | tcpf::kAck, 5000, 1001}), kT0 + 1);
+  feed(ipv4Tcp(kClient, kServer, 40000, 80, {tcpf::kAck, 1001, 5001}), kT0 + 2);
+  const Entry* e = only();
+  ASSERT_NE(e, nullptr);
+  ASSERT_EQ(left(*e, kT0 + 2), seconds(432000));
+  auto v = feed(ipv4Tcp(kClient, kServer, 40000, 80, {tcpf::kFin | tcpf::kAck, 900000000, 5001}),
+                kT0 + 3);
+  EXPECT_EQ(v.reason, InvalidReason::kTcpWindow);
+  EXPECT_EQ(left(*e, kT0 + 3), seconds(432000) - 1);  // first one only noted
+  v = feed(ipv4Tcp(kServer, kClient, 80, 40000, {tcpf::kRst, 900000000, 0}), kT0 + 4);
+  EXPECT_EQ(v.state, CtState::kInvalid);
+  EXPECT_EQ(left(*e, kT0 + 4), seconds(300));
+  EXPECT_EQ(e->tcp.state, TcpState::kEstablished);
+}
+
 TEST_F(TrackerTest, IcmpEchoCreatesAndReplyMatchesButAReplyAloneIsInvalid) {
   auto v = feed(ipv4Icmp(kClient, kServer, 8, 0, 77), kT0);
   EXPECT_EQ(v.state, CtState::kNew);
