@@ -49,15 +49,16 @@ ConnTable::ConnTable(const TableSettings& settings, uint64_t hashSeed) : setting
   seed_[1] = mum(hashSeed ^ 0x94d049bb133111ebull, 0x2545f4914f6cdd1dull) | 1;
   const uint32_t nb = roundUpPow2(std::max<uint32_t>(settings_.buckets, 1));
   mask_ = nb - 1;
-  buckets_ = std::make_unique<uint32_t[]>(nb);
-  std::fill_n(buckets_.get(), nb, kNil);
-  // calloc: the kernel hands out zeroed pages lazily, so an idle table costs no resident memory.
-  entries_ = static_cast<Entry*>(std::calloc(settings_.maxEntries, sizeof(Entry)));
-  if (entries_ == nullptr) throw std::bad_alloc();
+  bucketMemory_ = BigArray(size_t{nb} * sizeof(uint32_t));
+  buckets_ = static_cast<uint32_t*>(bucketMemory_.data());
+  std::fill_n(buckets_, nb, kNil);
+  // Zeroed pages are handed out lazily, so an idle table costs no resident memory.
+  entryMemory_ = BigArray(size_t{settings_.maxEntries} * sizeof(Entry));
+  entries_ = static_cast<Entry*>(entryMemory_.data());
   wheel_.assign(kWheelSlots, kNil);
 }
 
-ConnTable::~ConnTable() { std::free(entries_); }
+ConnTable::~ConnTable() = default;
 
 uint64_t ConnTable::hash(const Tuple& t, uint16_t zone) const {
   uint64_t a;
@@ -72,34 +73,9 @@ uint64_t ConnTable::hash(const Tuple& t, uint16_t zone) const {
   return mum(a ^ seed_[0], b ^ seed_[1]);
 }
 
-void ConnTable::prefetch(uint64_t h) const { __builtin_prefetch(&buckets_[h & mask_]); }
-
 void ConnTable::prefetchEntry(uint64_t h) const {
   const uint32_t n = buckets_[h & mask_];
-  if (n != kNil) __builtin_prefetch(&entries_[n >> 1]);
-}
-
-bool ConnTable::matches(const Entry& e, Dir dir, const Tuple& t, uint16_t zone) const {
-  const int i = index(dir) * 2;
-  if (e.port[i] != t.sport || e.port[i + 1] != t.dport || e.l4 != t.l4 || e.l3 != t.l3 ||
-      e.zone != zone) {
-    return false;
-  }
-  if (t.l3 == L3::kIpv4) {
-    return e.addr[i] == load32(t.src.bytes.data()) && e.addr[i + 1] == load32(t.dst.bytes.data());
-  }
-  const auto& a = v6Pool_[e.addr[0]];
-  return a[i] == t.src && a[i + 1] == t.dst;
-}
-
-std::optional<ConnTable::Hit> ConnTable::find(const Tuple& t, uint16_t zone, uint64_t h) const {
-  for (uint32_t n = buckets_[h & mask_]; n != kNil;) {
-    const Entry& e = entries_[n >> 1];
-    const Dir d = static_cast<Dir>(n & 1);
-    if (matches(e, d, t, zone)) return Hit{n >> 1, d};
-    n = e.hnext[n & 1];
-  }
-  return std::nullopt;
+  if (n != kNil) prefetchWhole(n >> 1);
 }
 
 Tuple ConnTable::tuple(const Entry& e, Dir dir) const {

@@ -2,12 +2,15 @@
 // The connection table: fixed bucket count and entry limit, both directions hashed, a timer
 // wheel for expiry, eviction when full and the event stream. Single-threaded: one table
 // belongs to one thread (shard by hash for more).
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <unordered_map>
 #include <vector>
 
+#include "table/big_array.hpp"
 #include "table/entry.hpp"
 #include "table/settings.hpp"
 #include "table/tuple.hpp"
@@ -15,6 +18,10 @@
 namespace ctsync::table {
 
 class ConnTable;
+
+// find() compares (l3, l4, zone) and each direction's ports and IPv4 addresses as packed words.
+static_assert(offsetof(Entry, l4) == offsetof(Entry, l3) + 1 &&
+              offsetof(Entry, zone) == offsetof(Entry, l3) + 2);
 
 enum class EventType : uint8_t {
   kNew,      // entry confirmed (first packet passed)
@@ -59,12 +66,45 @@ class ConnTable {
   void setEventSink(EventSink* sink) { sink_ = sink; }
 
   uint64_t hash(const Tuple& t, uint16_t zone) const;
-  void prefetch(uint64_t hash) const;
-  // Node id at the head of the bucket of `hash` (for two-stage batched prefetching).
-  void prefetchEntry(uint64_t hash) const;
 
-  // Lookup of a confirmed entry by either of its tuples.
-  std::optional<Hit> find(const Tuple& t, uint16_t zone, uint64_t hash) const;
+  // The packed form of a tuple that find() compares against entries.
+  struct Key {
+    uint32_t ports;
+    uint32_t meta;
+    uint64_t addrs;  // IPv4 only
+    const Tuple* tuple;
+  };
+  static Key key(const Tuple& t, uint16_t zone) {
+    Key k;
+    const uint16_t portPair[2] = {t.sport, t.dport};
+    std::memcpy(&k.ports, portPair, 4);
+    k.meta = packMeta(t.l3, t.l4, zone);
+    k.addrs = 0;
+    if (t.l3 == L3::kIpv4) {
+      std::memcpy(&k.addrs, t.src.bytes.data(), 4);
+      std::memcpy(reinterpret_cast<uint8_t*>(&k.addrs) + 4, t.dst.bytes.data(), 4);
+    }
+    k.tuple = &t;
+    return k;
+  }
+
+  // Lookup of a confirmed entry by either of its tuples. Inline: it is most of a packet's cost.
+  std::optional<Hit> find(const Tuple& t, uint16_t zone, uint64_t hash) const {
+    const Key k = key(t, zone);
+    for (uint32_t n = buckets_[hash & mask_]; n != kNil;) {
+      const Entry& e = entries_[n >> 1];
+      if (nodeMatches(e, n & 1, k)) return Hit{n >> 1, static_cast<Dir>(n & 1)};
+      n = e.hnext[n & 1];
+    }
+    return std::nullopt;
+  }
+
+  // Batch helpers, each a hint for a later find() with the same hash: prefetch() the bucket
+  // head; prefetchEntry() (once the head has arrived) reads it and prefetches its entry.
+  [[gnu::always_inline]] void prefetch(uint64_t hash) const {
+    __builtin_prefetch(&buckets_[hash & mask_]);
+  }
+  void prefetchEntry(uint64_t hash) const;
 
   // Takes a free entry for a new flow (not yet visible to find()). When the table is full the
   // eviction policy runs, which may destroy other entries. Empty when nothing could be evicted.
@@ -88,7 +128,6 @@ class ConnTable {
   Entry& entry(uint32_t index) { return entries_[index]; }
   const Entry& entry(uint32_t index) const { return entries_[index]; }
   Tuple tuple(const Entry& e, Dir dir) const;
-  bool matches(const Entry& e, Dir dir, const Tuple& t, uint16_t zone) const;
 
   uint32_t size() const { return count_; }
   uint32_t capacity() const { return settings_.maxEntries; }
@@ -113,6 +152,36 @@ class ConnTable {
   std::array<uint8_t, 16> labels(uint32_t index) const;
 
  private:
+  bool nodeMatches(const Entry& e, uint32_t d, const Key& k) const {
+    uint32_t ep, em;
+    std::memcpy(&ep, &e.port[2 * d], 4);
+    std::memcpy(&em, &e.l3, 4);
+    if (ep != k.ports || em != k.meta) return false;
+    if (e.l3 == L3::kIpv4) {
+      uint64_t ea;
+      std::memcpy(&ea, &e.addr[2 * d], 8);
+      return ea == k.addrs;
+    }
+    const auto& a = v6Pool_[e.addr[0]];
+    return a[2 * d] == k.tuple->src && a[2 * d + 1] == k.tuple->dst;
+  }
+  // A packet touches the whole entry (tuples, counters, TCP state): fetch every cache line.
+  // Always inlined: GCC sees a function that only prefetches as free of side effects and
+  // deletes calls to it before inlining them.
+  [[gnu::always_inline]] void prefetchWhole(uint32_t index) const {
+    const char* p = reinterpret_cast<const char*>(&entries_[index]);
+    __builtin_prefetch(p);
+    __builtin_prefetch(p + 64);
+    __builtin_prefetch(p + 128);
+    __builtin_prefetch(p + sizeof(Entry) - 1);
+  }
+  static uint32_t packMeta(L3 l3, uint8_t l4, uint16_t zone) {
+    uint8_t b[4] = {static_cast<uint8_t>(l3), l4, 0, 0};
+    std::memcpy(b + 2, &zone, 2);
+    uint32_t v;
+    std::memcpy(&v, b, 4);
+    return v;
+  }
   void link(uint32_t index);
   void unlink(uint32_t index);
   void release(uint32_t index);
@@ -132,8 +201,10 @@ class ConnTable {
   TableSettings settings_;
   uint64_t seed_[2];
   uint32_t mask_ = 0;
-  std::unique_ptr<uint32_t[]> buckets_;
-  Entry* entries_ = nullptr;       // calloc'd: pages are touched only when used
+  BigArray bucketMemory_;
+  BigArray entryMemory_;
+  uint32_t* buckets_ = nullptr;
+  Entry* entries_ = nullptr;       // zeroed mapping: pages are touched only when used
   uint32_t highWater_ = 0;         // entries [0, highWater_) have been handed out at least once
   uint32_t freeHead_ = kNil;
   uint32_t count_ = 0;             // confirmed entries

@@ -27,33 +27,47 @@ uint16_t load16(const uint8_t* p) {
   return static_cast<uint16_t>((p[0] << 8) | p[1]);
 }
 
-// One's-complement sum of `n` bytes as big-endian 16-bit words, not yet folded. The sum is
-// taken over native 32-bit words and byte-swapped once at the end (RFC 1071: the one's
-// complement sum does not depend on byte order); this runs on every packet.
-uint64_t sumBytes(const uint8_t* p, size_t n, uint64_t acc) {
+// One's-complement sum of `n` bytes as big-endian 16-bit words, not yet folded. Summed over
+// native 64-bit words with end-around carry and byte-swapped once at the end (RFC 1071: the
+// one's complement sum does not depend on byte order); this runs on every packet.
+inline uint64_t sumBytes(const uint8_t* p, size_t n, uint64_t acc) {
   uint64_t native = 0;
   size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    native += w;
+    native += native < w;  // end-around carry
+  }
+  // The last 0..7 bytes, in fixed-size pieces (a variable-length memcpy is a library call).
+  // Their offsets keep the parity of the byte positions, so they sum like the words above.
+  uint64_t tail = 0;
+  if (n - i >= 4) {
     uint32_t w;
     std::memcpy(&w, p + i, 4);
-    native += w;
+    tail += w;
+    i += 4;
   }
-  if (i + 2 <= n) {
+  if (n - i >= 2) {
     uint16_t w;
     std::memcpy(&w, p + i, 2);
-    native += w;
+    tail += w;
     i += 2;
   }
-  if (i < n) {
-    const uint8_t last[2] = {p[i], 0};
+  if (n - i == 1) {
+    const uint8_t last[2] = {p[i], 0};  // an odd byte is padded with a zero (RFC 1071)
     uint16_t w;
     std::memcpy(&w, last, 2);
-    native += w;
+    tail += w;
   }
-  while (native >> 16) native = (native & 0xffff) + (native >> 16);
-  const uint16_t be = __builtin_bswap16(static_cast<uint16_t>(native));
+  native += tail;
+  native += native < tail;
+  native = (native & 0xffffffff) + (native >> 32);
+  native = (native & 0xffff) + (native >> 16);
+  native = (native & 0xffff) + (native >> 16);
+  native = (native & 0xffff) + (native >> 16);
   if constexpr (std::endian::native == std::endian::big) return acc + native;
-  return acc + be;
+  return acc + __builtin_bswap16(static_cast<uint16_t>(native));
 }
 
 uint16_t fold(uint64_t acc) {
@@ -110,13 +124,6 @@ void setAddrs(Tuple& t, L3 l3, const uint8_t* ip) {
     t.src = Addr::fromBytes(ip + 8, 16);
     t.dst = Addr::fromBytes(ip + 24, 16);
   }
-}
-
-ParseResult invalid(InvalidReason r) {
-  ParseResult res;
-  res.kind = ParseKind::kInvalid;
-  res.reason = r;
-  return res;
 }
 
 // Where an IP header says its L4 part lies.
@@ -346,6 +353,7 @@ InvalidReason parseL4(L3 l3, const uint8_t* ip, uint8_t proto, Packet& pkt,
       }
       if (!error) return InvalidReason::kNone;
       pkt.icmpError = true;
+      pkt.inner = Tuple{};
       return parseInner(l3, l4 + kIcmpHeader, l4Len - kIcmpHeader, pkt.inner);
     }
     default:
@@ -355,8 +363,15 @@ InvalidReason parseL4(L3 l3, const uint8_t* ip, uint8_t proto, Packet& pkt,
 
 }  // namespace
 
-ParseResult parseIp(const uint8_t* data, size_t len, const ParseOptions& options) {
-  if (data == nullptr || len == 0) return invalid(InvalidReason::kTruncated);
+void parseIpInto(const uint8_t* data, size_t len, const ParseOptions& options, ParseResult& out) {
+  // Every field the result promises is written here, and nothing else: `out` is reused across
+  // packets on the hot path, and building a zeroed temporary per packet costs more than the
+  // parse itself.
+  auto fail = [&out](InvalidReason why) {
+    out.kind = ParseKind::kInvalid;
+    out.reason = why;
+  };
+  if (data == nullptr || len == 0) return fail(InvalidReason::kTruncated);
   const uint8_t version = data[0] >> 4;
   L3 l3;
   L3Result r;
@@ -367,26 +382,36 @@ ParseResult parseIp(const uint8_t* data, size_t len, const ParseOptions& options
     l3 = L3::kIpv6;
     r = parseIpv6Header(data, len);
   } else {
-    return invalid(InvalidReason::kBadIpVersion);
+    return fail(InvalidReason::kBadIpVersion);
   }
-  if (r.error != InvalidReason::kNone) return invalid(r.error);
+  if (r.error != InvalidReason::kNone) return fail(r.error);
 
-  ParseResult res;
-  Packet& pkt = res.packet;
+  Packet& pkt = out.packet;
   pkt.l3 = data;
   pkt.ipLen = static_cast<uint32_t>(r.ipLen);
+  pkt.icmpError = false;
   setAddrs(pkt.tuple, l3, data);
+  pkt.tuple.sport = 0;
+  pkt.tuple.dport = 0;
+  out.reason = InvalidReason::kNone;
   if (r.fragment) {
-    res.kind = ParseKind::kFragment;
-    if (l3 == L3::kIpv4) pkt.tuple.l4 = r.proto;
-    return res;
+    out.kind = ParseKind::kFragment;
+    pkt.tuple.l4 = l3 == L3::kIpv4 ? r.proto : 0;
+    pkt.l4 = nullptr;
+    pkt.l4Len = 0;
+    return;
   }
   pkt.tuple.l4 = r.proto;
   pkt.l4 = data + r.l4Off;
   pkt.l4Len = static_cast<uint32_t>(r.ipLen - r.l4Off);
   const InvalidReason l4Error = parseL4(l3, data, r.proto, pkt, options);
-  if (l4Error != InvalidReason::kNone) return invalid(l4Error);
-  res.kind = ParseKind::kPacket;
+  if (l4Error != InvalidReason::kNone) return fail(l4Error);
+  out.kind = ParseKind::kPacket;
+}
+
+ParseResult parseIp(const uint8_t* data, size_t len, const ParseOptions& options) {
+  ParseResult res;
+  parseIpInto(data, len, options, res);
   return res;
 }
 

@@ -47,4 +47,8 @@ struct ParseResult {
 // ignored.
 ParseResult parseIp(const uint8_t* data, size_t len, const ParseOptions& options);
 
+// The same, writing into `out` (which may hold a previous packet's result) instead of building
+// a new result: the tracker's per-packet path uses this to avoid a large temporary.
+void parseIpInto(const uint8_t* data, size_t len, const ParseOptions& options, ParseResult& out);
+
 }  // namespace ctsync::table

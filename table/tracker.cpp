@@ -35,7 +35,8 @@ Verdict Tracker::invalid(InvalidReason r) {
 Verdict Tracker::process(const uint8_t* data, size_t len, Nanos now, uint16_t zone) {
   now = clampTime(now);
   table_.expire(now);
-  ParseResult parsed = parseIp(data, len, parseOptions_);
+  ParseResult& parsed = batchParsed_[0];
+  parseIpInto(data, len, parseOptions_, parsed);
   const Verdict v = track(data, len, parsed, 0, false, now, zone);
   ++counters_.byState[static_cast<size_t>(v.state)];
   return v;
@@ -45,11 +46,11 @@ void Tracker::processBatch(std::span<const RawPacket> pkts, Nanos now, std::span
                            uint16_t zone) {
   now = clampTime(now);
   table_.expire(now);
-  // A software pipeline: packet i is parsed, hashed and its bucket head prefetched while the
-  // bucket of packet i - kStage is read and its first entry prefetched, and packet i - 2*kStage
-  // is tracked. kStage packets of work hide each memory miss. Prefetches are only hints: every
-  // lookup is done again when the packet is tracked, in order, so a packet that creates or
-  // kills an entry is seen by the packets after it.
+  // A software pipeline over the burst: packet i is parsed, hashed and its bucket head
+  // prefetched while packet i - kStage has its head read and head entry prefetched, and packet
+  // i - 2*kStage is tracked. Prefetches are only hints: every lookup is done again when the
+  // packet is tracked, in order, so a packet that creates or kills an entry is seen by the
+  // packets after it.
   constexpr size_t kStage = 10;
   static_assert(2 * kStage < kMaxBatch);
   const size_t n = pkts.size();
@@ -59,7 +60,7 @@ void Tracker::processBatch(std::span<const RawPacket> pkts, Nanos now, std::span
   for (size_t i = 0; i < n + 2 * kStage; ++i) {
     if (i < n) {
       ParseResult& r = batchParsed_[i % kMaxBatch];
-      r = parseIp(pkts[i].data, pkts[i].len, parseOptions_);
+      parseIpInto(pkts[i].data, pkts[i].len, parseOptions_, r);
       if (hashable(r)) {
         batchHashes_[i % kMaxBatch] = table_.hash(r.packet.tuple, zone);
         table_.prefetch(batchHashes_[i % kMaxBatch]);
@@ -90,7 +91,7 @@ Verdict Tracker::track(const uint8_t* data, size_t len, ParseResult& parsed, uin
       return v;
     }
     if (fr.status == FragStatus::kInvalid) return invalid(fr.reason);
-    parsed = parseIp(fr.datagram.data(), fr.datagram.size(), parseOptions_);
+    parseIpInto(fr.datagram.data(), fr.datagram.size(), parseOptions_, parsed);
     hashed = false;
     if (parsed.kind == ParseKind::kFragment) return invalid(InvalidReason::kFragment);
   }
