@@ -81,7 +81,7 @@ int runReplay(const ReplayOptions& options, std::ostream& out, std::ostream& err
   tracker.table().forEach([&entries](uint32_t idx) { entries.push_back(idx); });
   const auto& t = tracker.table();
   std::sort(entries.begin(), entries.end(), [&t](uint32_t a, uint32_t b) {
-    return t.entry(a).start != t.entry(b).start ? t.entry(a).start < t.entry(b).start : a < b;
+    return t.meta(a).start != t.meta(b).start ? t.meta(a).start < t.meta(b).start : a < b;
   });
   for (uint32_t idx : entries) {
     out << (options.json ? table::formatEntryJson(t, idx, last) : table::formatEntry(t, idx, last, fmt))

@@ -11,9 +11,9 @@ namespace {
 
 constexpr int kTickShift = 25;  // a wheel tick is 2^25 ns, about 33.5 ms
 constexpr uint32_t kWheelSlots = 8192;  // horizon about 275 s; later expiries are re-filed
-constexpr uint32_t kEvictionRange = 8;  // NF_CT_EVICTION_RANGE
-constexpr uint32_t kSmartEvictionRange = 32;
-constexpr uint32_t kGcBucketsPerStep = 64;
+constexpr uint32_t kEvictionLines = 8;  // as NF_CT_EVICTION_RANGE buckets, with a line as bucket
+constexpr uint32_t kSmartEvictionLines = 4;
+constexpr uint32_t kGcLinesPerStep = 8;
 constexpr Nanos kNever = std::numeric_limits<Nanos>::max();
 
 inline uint64_t mum(uint64_t a, uint64_t b) {
@@ -47,14 +47,18 @@ ConnTable::ConnTable(const TableSettings& settings, uint64_t hashSeed) : setting
   if (settings_.maxEntries > (1u << 30)) settings_.maxEntries = 1u << 30;
   seed_[0] = mum(hashSeed ^ 0x9e3779b97f4a7c15ull, 0xbf58476d1ce4e5b9ull) | 1;
   seed_[1] = mum(hashSeed ^ 0x94d049bb133111ebull, 0x2545f4914f6cdd1dull) | 1;
-  const uint32_t nb = roundUpPow2(std::max<uint32_t>(settings_.buckets, 1));
-  mask_ = nb - 1;
-  bucketMemory_ = BigArray(size_t{nb} * sizeof(uint32_t));
-  buckets_ = static_cast<uint32_t*>(bucketMemory_.data());
-  std::fill_n(buckets_, nb, kNil);
+  // At least `buckets` slots, and room for both nodes of every entry at 80 % of the slots.
+  const uint64_t wantSlots = std::max<uint64_t>(settings_.buckets, uint64_t{settings_.maxEntries} * 2 * 10 / 8);
+  const uint32_t lines = roundUpPow2(static_cast<uint32_t>(
+      std::min<uint64_t>((wantSlots + HashLine::kSlots - 1) / HashLine::kSlots, 1u << 30)));
+  lineMask_ = lines - 1;
+  lineMemory_ = BigArray(size_t{lines} * sizeof(HashLine));  // zeroed: every slot free
+  lines_ = static_cast<HashLine*>(lineMemory_.data());
   // Zeroed pages are handed out lazily, so an idle table costs no resident memory.
   entryMemory_ = BigArray(size_t{settings_.maxEntries} * sizeof(Entry));
   entries_ = static_cast<Entry*>(entryMemory_.data());
+  metaMemory_ = BigArray(size_t{settings_.maxEntries} * sizeof(EntryMeta));
+  metas_ = static_cast<EntryMeta*>(metaMemory_.data());
   wheel_.assign(kWheelSlots, kNil);
 }
 
@@ -71,11 +75,6 @@ uint64_t ConnTable::hash(const Tuple& t, uint16_t zone) const {
   const uint64_t b = (uint64_t{t.sport} << 48) | (uint64_t{t.dport} << 32) |
                      (uint64_t{t.l4} << 24) | (uint64_t{static_cast<uint8_t>(t.l3)} << 16) | zone;
   return mum(a ^ seed_[0], b ^ seed_[1]);
-}
-
-void ConnTable::prefetchEntry(uint64_t h) const {
-  const uint32_t n = buckets_[h & mask_];
-  if (n != kNil) prefetchWhole(n >> 1);
 }
 
 Tuple ConnTable::tuple(const Entry& e, Dir dir) const {
@@ -104,16 +103,18 @@ std::optional<uint32_t> ConnTable::allocate(const Tuple& orig, const Tuple& repl
   uint32_t idx;
   if (freeHead_ != kNil) {
     idx = freeHead_;
-    freeHead_ = entries_[idx].hnext[0];
+    freeHead_ = metas_[idx].wheelNext;
   } else {
     idx = highWater_++;
   }
   ++allocated_;
   Entry& e = entries_[idx];
   e = Entry{};
-  e.hnext[0] = e.hnext[1] = kNil;
-  e.wheelNext = e.wheelPrev = kNil;
-  e.master = kNil;
+  EntryMeta& m = metas_[idx];
+  m = EntryMeta{};
+  m.wheelNext = m.wheelPrev = kNil;
+  m.master = kNil;
+  m.start = now;
   e.l3 = orig.l3;
   e.l4 = orig.l4;
   e.zone = zone;
@@ -121,7 +122,6 @@ std::optional<uint32_t> ConnTable::allocate(const Tuple& orig, const Tuple& repl
   e.port[1] = orig.dport;
   e.port[2] = reply.sport;
   e.port[3] = reply.dport;
-  e.start = now;
   if (orig.l3 == L3::kIpv4) {
     e.addr[0] = load32(orig.src.bytes.data());
     e.addr[1] = load32(orig.dst.bytes.data());
@@ -149,7 +149,7 @@ void ConnTable::release(uint32_t idx) {
     labels_.erase(idx);
   }
   e.status = 0;
-  e.hnext[0] = freeHead_;
+  metas_[idx].wheelNext = freeHead_;
   freeHead_ = idx;
   --allocated_;
 }
@@ -158,22 +158,45 @@ void ConnTable::discard(uint32_t idx) { release(idx); }
 
 void ConnTable::link(uint32_t idx) {
   Entry& e = entries_[idx];
-  for (int d = 0; d < 2; ++d) {
+  for (uint32_t d = 0; d < 2; ++d) {
     const uint64_t h = hash(tuple(e, static_cast<Dir>(d)), e.zone);
-    uint32_t& head = buckets_[h & mask_];
-    e.hnext[d] = head;
-    head = (idx << 1) | static_cast<uint32_t>(d);
+    const uint16_t tag = tagOf(h);
+    // There is always a free slot: the index holds 2 * maxEntries nodes at 80 % load.
+    for (uint64_t line = h;; ++line) {
+      HashLine& l = lines_[line & lineMask_];
+      const auto free = std::find(std::begin(l.tags), std::end(l.tags), uint16_t{0});
+      if (free != std::end(l.tags)) {
+        *free = tag;
+        l.nodes[free - std::begin(l.tags)] = (idx << 1) | d;
+        break;
+      }
+      if (l.overflow != HashLine::kStuck) ++l.overflow;
+    }
   }
 }
 
 void ConnTable::unlink(uint32_t idx) {
   Entry& e = entries_[idx];
-  for (int d = 0; d < 2; ++d) {
-    const uint32_t node = (idx << 1) | static_cast<uint32_t>(d);
+  for (uint32_t d = 0; d < 2; ++d) {
+    const uint32_t node = (idx << 1) | d;
     const uint64_t h = hash(tuple(e, static_cast<Dir>(d)), e.zone);
-    uint32_t* link = &buckets_[h & mask_];
-    while (*link != kNil && *link != node) link = &entries_[*link >> 1].hnext[*link & 1];
-    if (*link == node) *link = e.hnext[d];
+    const uint16_t tag = tagOf(h);
+    for (uint64_t line = h, probes = 0; probes <= lineMask_; ++line, ++probes) {
+      HashLine& l = lines_[line & lineMask_];
+      int slot = -1;
+      for (int s = 0; s < HashLine::kSlots; ++s) {
+        if (l.tags[s] == tag && l.nodes[s] == node) slot = s;
+      }
+      if (slot >= 0) {
+        l.tags[slot] = 0;
+        // The lines before this one no longer have this node passing over them.
+        for (uint64_t back = h; back != line; ++back) {
+          HashLine& b = lines_[back & lineMask_];
+          if (b.overflow != HashLine::kStuck) --b.overflow;
+        }
+        break;
+      }
+    }
   }
 }
 
@@ -217,10 +240,11 @@ void ConnTable::setTimeout(uint32_t idx, Nanos timeout, Nanos now, bool quiet) {
     // Shrinking: the entry may be filed too late; move it. Growing needs nothing: the wheel
     // re-files entries whose expiry moved when it reaches their slot.
     const uint64_t tick = std::max(tickOf(e.expiry), cursorTick_);
-    if (static_cast<int32_t>(static_cast<uint32_t>(tick) - e.filedTick) < 0) {
+    const uint32_t filed = metas_[idx].filedTick;
+    if (static_cast<int32_t>(static_cast<uint32_t>(tick) - filed) < 0) {
       wheelRemove(idx);
       wheelInsert(idx);
-    } else if (e.filedTick == static_cast<uint32_t>(cursorTick_)) {
+    } else if (filed == static_cast<uint32_t>(cursorTick_)) {
       currentMin_ = std::min(currentMin_, e.expiry);
     }
   }
@@ -251,27 +275,28 @@ void ConnTable::destroy(uint32_t idx, Nanos now) {
 // --- timer wheel ---------------------------------------------------------------------------
 
 void ConnTable::wheelInsert(uint32_t idx) {
-  Entry& e = entries_[idx];
-  uint64_t tick = std::max(tickOf(e.expiry), cursorTick_);
+  const Nanos expiry = entries_[idx].expiry;
+  EntryMeta& m = metas_[idx];
+  uint64_t tick = std::max(tickOf(expiry), cursorTick_);
   if (tick >= cursorTick_ + kWheelSlots) tick = cursorTick_ + kWheelSlots - 1;
   const uint32_t slot = static_cast<uint32_t>(tick) & (kWheelSlots - 1);
-  e.filedTick = static_cast<uint32_t>(tick);
-  e.wheelPrev = kNil;
-  e.wheelNext = wheel_[slot];
-  if (e.wheelNext != kNil) entries_[e.wheelNext].wheelPrev = idx;
+  m.filedTick = static_cast<uint32_t>(tick);
+  m.wheelPrev = kNil;
+  m.wheelNext = wheel_[slot];
+  if (m.wheelNext != kNil) metas_[m.wheelNext].wheelPrev = idx;
   wheel_[slot] = idx;
-  if (tick == cursorTick_) currentMin_ = std::min(currentMin_, e.expiry);
+  if (tick == cursorTick_) currentMin_ = std::min(currentMin_, expiry);
 }
 
 void ConnTable::wheelRemove(uint32_t idx) {
-  Entry& e = entries_[idx];
-  if (e.wheelPrev != kNil) {
-    entries_[e.wheelPrev].wheelNext = e.wheelNext;
+  EntryMeta& m = metas_[idx];
+  if (m.wheelPrev != kNil) {
+    metas_[m.wheelPrev].wheelNext = m.wheelNext;
   } else {
-    wheel_[e.filedTick & (kWheelSlots - 1)] = e.wheelNext;
+    wheel_[m.filedTick & (kWheelSlots - 1)] = m.wheelNext;
   }
-  if (e.wheelNext != kNil) entries_[e.wheelNext].wheelPrev = e.wheelPrev;
-  e.wheelNext = e.wheelPrev = kNil;
+  if (m.wheelNext != kNil) metas_[m.wheelNext].wheelPrev = m.wheelPrev;
+  m.wheelNext = m.wheelPrev = kNil;
 }
 
 // Detaches the slot's list; due entries go to dueScratch_, the rest are filed again.
@@ -279,10 +304,10 @@ void ConnTable::processSlot(uint32_t slot, Nanos now) {
   uint32_t n = wheel_[slot];
   wheel_[slot] = kNil;
   while (n != kNil) {
-    Entry& e = entries_[n];
-    const uint32_t next = e.wheelNext;
-    e.wheelNext = e.wheelPrev = kNil;
-    if (e.expiry <= now) {
+    EntryMeta& m = metas_[n];
+    const uint32_t next = m.wheelNext;
+    m.wheelNext = m.wheelPrev = kNil;
+    if (entries_[n].expiry <= now) {
       dueScratch_.push_back(n);
     } else {
       wheelInsert(n);
@@ -338,7 +363,7 @@ void ConnTable::expireAll(Nanos now) {
   std::vector<uint32_t> live;
   for (uint32_t s = 0; s < kWheelSlots; ++s) {
     for (uint32_t n = wheel_[s]; n != kNil;) {
-      const uint32_t next = entries_[n].wheelNext;
+      const uint32_t next = metas_[n].wheelNext;
       live.push_back(n);
       n = next;
     }
@@ -347,7 +372,7 @@ void ConnTable::expireAll(Nanos now) {
   cursorTick_ = tickOf(now);
   currentMin_ = kNever;
   for (uint32_t idx : live) {
-    entries_[idx].wheelNext = entries_[idx].wheelPrev = kNil;
+    metas_[idx].wheelNext = metas_[idx].wheelPrev = kNil;
     if (entries_[idx].expiry <= now) {
       dueScratch_.push_back(idx);
     } else {
@@ -371,16 +396,12 @@ bool ConnTable::evict(uint64_t origHash, Nanos now) {
 
 bool ConnTable::evictKernel(uint64_t origHash, Nanos now) {
   std::vector<uint32_t> victims;
-  for (uint32_t i = 0; i < std::min(kEvictionRange, mask_ + 1); ++i) {
-    const uint32_t b = static_cast<uint32_t>(origHash + i) & mask_;
-    for (uint32_t n = buckets_[b]; n != kNil; n = entries_[n >> 1].hnext[n & 1]) {
-      const Entry& e = entries_[n >> 1];
-      if ((e.status & (status::kAssured | status::kDying)) != 0) continue;
-      if (std::find(victims.begin(), victims.end(), n >> 1) == victims.end()) {
-        victims.push_back(n >> 1);
-      }
-    }
-    if (!victims.empty()) break;
+  for (uint32_t i = 0; i < std::min(kEvictionLines, lineMask_ + 1) && victims.empty(); ++i) {
+    forLines(origHash + i, 1, [&](uint32_t idx) {
+      const Entry& e = entries_[idx];
+      if ((e.status & (status::kAssured | status::kDying)) != 0) return;
+      if (std::find(victims.begin(), victims.end(), idx) == victims.end()) victims.push_back(idx);
+    });
   }
   if (victims.empty()) return false;
   for (uint32_t idx : victims) destroy(idx, now);
@@ -391,20 +412,16 @@ bool ConnTable::evictKernel(uint64_t origHash, Nanos now) {
 bool ConnTable::evictClosingFirst(uint64_t origHash, Nanos now) {
   uint32_t closing = kNil;
   uint32_t unassured = kNil;
-  for (uint32_t i = 0; i < std::min(kSmartEvictionRange, mask_ + 1); ++i) {
-    const uint32_t b = static_cast<uint32_t>(origHash + i) & mask_;
-    for (uint32_t n = buckets_[b]; n != kNil; n = entries_[n >> 1].hnext[n & 1]) {
-      const uint32_t idx = n >> 1;
-      const Entry& e = entries_[idx];
-      if ((e.status & status::kDying) != 0 || now - e.start < settings_.minLifetime) continue;
-      if (e.l4 == proto::kTcp && tcpCanEarlyDrop(e.tcp)) {
-        if (closing == kNil || e.expiry < entries_[closing].expiry) closing = idx;
-      } else if ((e.status & status::kAssured) == 0) {
-        if (unassured == kNil || e.start < entries_[unassured].start) unassured = idx;
-      }
+  forLines(origHash, kSmartEvictionLines, [&](uint32_t idx) {
+    const Entry& e = entries_[idx];
+    const Nanos start = metas_[idx].start;
+    if ((e.status & status::kDying) != 0 || now - start < settings_.minLifetime) return;
+    if (e.l4 == proto::kTcp && tcpCanEarlyDrop(e.tcp)) {
+      if (closing == kNil || e.expiry < entries_[closing].expiry) closing = idx;
+    } else if ((e.status & status::kAssured) == 0) {
+      if (unassured == kNil || start < metas_[unassured].start) unassured = idx;
     }
-    if (closing != kNil) break;
-  }
+  });
   const uint32_t victim = closing != kNil ? closing : unassured;
   if (victim == kNil) return false;
   destroy(victim, now);
@@ -417,18 +434,15 @@ bool ConnTable::evictClosingFirst(uint64_t origHash, Nanos now) {
 void ConnTable::gcStep(Nanos now) {
   if (uint64_t{count_} * 100 < uint64_t{settings_.maxEntries} * 95) return;
   std::vector<uint32_t> doomed;
-  const uint32_t steps = std::min(kGcBucketsPerStep, mask_ + 1);  // each bucket at most once
-  for (uint32_t i = 0; i < steps; ++i) {
-    const uint32_t b = (gcBucket_ + i) & mask_;
-    for (uint32_t n = buckets_[b]; n != kNil; n = entries_[n >> 1].hnext[n & 1]) {
-      const Entry& e = entries_[n >> 1];
-      if ((n & 1) != 0 || (e.status & status::kDying) != 0) continue;
-      if ((e.status & status::kAssured) == 0 || (e.l4 == proto::kTcp && tcpCanEarlyDrop(e.tcp))) {
-        doomed.push_back(n >> 1);
-      }
+  const uint32_t steps = std::min(kGcLinesPerStep, lineMask_ + 1);
+  forLines(gcLine_, steps, [&](uint32_t idx) {
+    const Entry& e = entries_[idx];
+    if ((e.status & status::kDying) != 0) return;
+    if ((e.status & status::kAssured) == 0 || (e.l4 == proto::kTcp && tcpCanEarlyDrop(e.tcp))) {
+      if (std::find(doomed.begin(), doomed.end(), idx) == doomed.end()) doomed.push_back(idx);
     }
-  }
-  gcBucket_ = (gcBucket_ + steps) & mask_;
+  });
+  gcLine_ = (gcLine_ + steps) & lineMask_;
   for (uint32_t idx : doomed) destroy(idx, now);
   counters_.gcDropped += doomed.size();
 }
@@ -446,7 +460,8 @@ std::array<uint8_t, 16> ConnTable::labels(uint32_t idx) const {
 }
 
 size_t ConnTable::memoryBytes() const {
-  return size_t{settings_.maxEntries} * sizeof(Entry) + size_t{mask_ + 1} * sizeof(uint32_t) +
+  return size_t{settings_.maxEntries} * (sizeof(Entry) + sizeof(EntryMeta)) +
+         size_t{lineMask_ + 1} * sizeof(HashLine) +
          v6Pool_.capacity() * sizeof(std::array<Addr, 4>) + wheel_.size() * sizeof(uint32_t);
 }
 

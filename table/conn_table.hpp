@@ -4,7 +4,11 @@
 // belongs to one thread (shard by hash for more).
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <memory>
 #include <optional>
 #include <unordered_map>
@@ -18,6 +22,37 @@
 namespace ctsync::table {
 
 class ConnTable;
+
+// The hash index is an array of cache lines. Each holds up to 10 nodes (entry index << 1 |
+// direction: both tuples of an entry are indexed) with a 16-bit tag from the hash, so a
+// lookup reads one line, compares tags, and touches only the entry whose tag matches. A full
+// line overflows into the next (linear probing by lines); `overflow` counts the nodes that
+// passed over a line, so a lookup stops at the first line without a match and without
+// overflow.
+struct alignas(64) HashLine {
+  static constexpr int kSlots = 10;
+  static constexpr uint16_t kStuck = 0xffff;  // overflow saturates there and stays (still correct)
+  uint16_t tags[kSlots];  // 0 = free
+  uint16_t overflow;
+  uint16_t unused;
+  uint32_t nodes[kSlots];
+};
+static_assert(sizeof(HashLine) == 64);
+
+// Bit 2*s is set for each slot s of `l` whose tag equals `tag`: the eight first tags are
+// compared at once with SSE2 (part of every x86-64), the last two one by one.
+inline uint32_t tagMatches(const HashLine& l, uint16_t tag) {
+#if defined(__SSE2__)
+  const __m128i eq = _mm_cmpeq_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(l.tags)),
+                                     _mm_set1_epi16(static_cast<short>(tag)));
+  uint32_t m = static_cast<uint32_t>(_mm_movemask_epi8(eq)) & 0x5555u;
+#else
+  uint32_t m = 0;
+  for (int s = 0; s < 8; ++s) m |= uint32_t{l.tags[s] == tag} << (2 * s);
+#endif
+  m |= (uint32_t{l.tags[8] == tag} << 16) | (uint32_t{l.tags[9] == tag} << 18);
+  return m;
+}
 
 // find() compares (l3, l4, zone) and each direction's ports and IPv4 addresses as packed words.
 static_assert(offsetof(Entry, l4) == offsetof(Entry, l3) + 1 &&
@@ -91,20 +126,29 @@ class ConnTable {
   // Lookup of a confirmed entry by either of its tuples. Inline: it is most of a packet's cost.
   std::optional<Hit> find(const Tuple& t, uint16_t zone, uint64_t hash) const {
     const Key k = key(t, zone);
-    for (uint32_t n = buckets_[hash & mask_]; n != kNil;) {
-      const Entry& e = entries_[n >> 1];
-      if (nodeMatches(e, n & 1, k)) return Hit{n >> 1, static_cast<Dir>(n & 1)};
-      n = e.hnext[n & 1];
+    const uint16_t tag = tagOf(hash);
+    for (uint64_t line = hash, probes = 0; probes <= lineMask_; ++line, ++probes) {
+      const HashLine& l = lines_[line & lineMask_];
+      for (uint32_t m = tagMatches(l, tag); m != 0; m &= m - 1) {
+        const uint32_t n = l.nodes[__builtin_ctz(m) >> 1];
+        if (nodeMatches(entries_[n >> 1], n & 1, k)) return Hit{n >> 1, static_cast<Dir>(n & 1)};
+      }
+      if (l.overflow == 0) break;
     }
     return std::nullopt;
   }
 
-  // Batch helpers, each a hint for a later find() with the same hash: prefetch() the bucket
-  // head; prefetchEntry() (once the head has arrived) reads it and prefetches its entry.
+  // Batch helpers, each a hint for a later find() with the same hash: prefetch() the hash
+  // line; prefetchEntry() (once the line has arrived) prefetches the entries whose tag matches.
   [[gnu::always_inline]] void prefetch(uint64_t hash) const {
-    __builtin_prefetch(&buckets_[hash & mask_]);
+    __builtin_prefetch(&lines_[hash & lineMask_]);
   }
-  void prefetchEntry(uint64_t hash) const;
+  [[gnu::always_inline]] void prefetchEntry(uint64_t hash) const {
+    const HashLine& l = lines_[hash & lineMask_];
+    for (uint32_t m = tagMatches(l, tagOf(hash)); m != 0; m &= m - 1) {
+      prefetchWhole(l.nodes[__builtin_ctz(m) >> 1] >> 1);
+    }
+  }
 
   // Takes a free entry for a new flow (not yet visible to find()). When the table is full the
   // eviction policy runs, which may destroy other entries. Empty when nothing could be evicted.
@@ -127,22 +171,25 @@ class ConnTable {
 
   Entry& entry(uint32_t index) { return entries_[index]; }
   const Entry& entry(uint32_t index) const { return entries_[index]; }
+  EntryMeta& meta(uint32_t index) { return metas_[index]; }
+  const EntryMeta& meta(uint32_t index) const { return metas_[index]; }
   Tuple tuple(const Entry& e, Dir dir) const;
 
   uint32_t size() const { return count_; }
   uint32_t capacity() const { return settings_.maxEntries; }
-  uint32_t bucketCount() const { return mask_ + 1; }
+  uint32_t hashSlots() const { return (lineMask_ + 1) * HashLine::kSlots; }
   const TableCounters& counters() const { return counters_; }
   const TableSettings& settings() const { return settings_; }
   // Bytes held for entries, buckets and the IPv6 pool (for the memory benchmark).
   size_t memoryBytes() const;
 
-  // Calls f(index) for each confirmed entry, in bucket order.
+  // Calls f(index) for each confirmed entry, in hash order. `f` must not change the table.
   template <typename F>
   void forEach(F&& f) const {
-    for (uint32_t b = 0; b <= mask_; ++b) {
-      for (uint32_t n = buckets_[b]; n != kNil; n = entries_[n >> 1].hnext[n & 1]) {
-        if ((n & 1) == 0) f(n >> 1);
+    for (uint32_t i = 0; i <= lineMask_; ++i) {
+      const HashLine& l = lines_[i];
+      for (int s = 0; s < HashLine::kSlots; ++s) {
+        if (l.tags[s] != 0 && (l.nodes[s] & 1) == 0) f(l.nodes[s] >> 1);
       }
     }
   }
@@ -165,15 +212,28 @@ class ConnTable {
     const auto& a = v6Pool_[e.addr[0]];
     return a[2 * d] == k.tuple->src && a[2 * d + 1] == k.tuple->dst;
   }
-  // A packet touches the whole entry (tuples, counters, TCP state): fetch every cache line.
+  // A packet touches the whole Entry (tuples, counters, TCP state): fetch both its lines.
   // Always inlined: GCC sees a function that only prefetches as free of side effects and
   // deletes calls to it before inlining them.
   [[gnu::always_inline]] void prefetchWhole(uint32_t index) const {
     const char* p = reinterpret_cast<const char*>(&entries_[index]);
     __builtin_prefetch(p);
     __builtin_prefetch(p + 64);
-    __builtin_prefetch(p + 128);
-    __builtin_prefetch(p + sizeof(Entry) - 1);
+  }
+  static uint16_t tagOf(uint64_t hash) {
+    const auto t = static_cast<uint16_t>(hash >> 48);
+    return t == 0 ? 1 : t;  // 0 marks a free slot
+  }
+  // Calls f(index) once for each entry with a node in lines [first, first + count).
+  template <typename F>
+  void forLines(uint64_t first, uint32_t count, F&& f) const {
+    count = std::min(count, lineMask_ + 1);
+    for (uint32_t i = 0; i < count; ++i) {
+      const HashLine& l = lines_[(first + i) & lineMask_];
+      for (int s = 0; s < HashLine::kSlots; ++s) {
+        if (l.tags[s] != 0) f(l.nodes[s] >> 1);
+      }
+    }
   }
   static uint32_t packMeta(L3 l3, uint8_t l4, uint16_t zone) {
     uint8_t b[4] = {static_cast<uint8_t>(l3), l4, 0, 0};
@@ -200,10 +260,12 @@ class ConnTable {
 
   TableSettings settings_;
   uint64_t seed_[2];
-  uint32_t mask_ = 0;
-  BigArray bucketMemory_;
+  uint32_t lineMask_ = 0;
+  BigArray lineMemory_;
   BigArray entryMemory_;
-  uint32_t* buckets_ = nullptr;
+  BigArray metaMemory_;
+  HashLine* lines_ = nullptr;
+  EntryMeta* metas_ = nullptr;
   Entry* entries_ = nullptr;       // zeroed mapping: pages are touched only when used
   uint32_t highWater_ = 0;         // entries [0, highWater_) have been handed out at least once
   uint32_t freeHead_ = kNil;
@@ -218,7 +280,7 @@ class ConnTable {
   Nanos currentMin_ = 0;           // lower bound of expiries filed in the cursor's slot
   bool wheelStarted_ = false;
   std::vector<uint32_t> dueScratch_;
-  uint32_t gcBucket_ = 0;
+  uint32_t gcLine_ = 0;
 
   EventSink* sink_ = nullptr;
   TableCounters counters_;

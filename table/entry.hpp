@@ -1,8 +1,8 @@
 #pragma once
-// One tracked connection. Plain data laid out for the per-packet path: what a lookup and a
-// timeout refresh touch sits in the first 64 bytes. IPv4 addresses are stored inline; an IPv6
-// entry keeps its four addresses in the table's side pool (so an IPv4 flow costs no 48 bytes
-// of zeros). Read tuples through ConnTable::tuple().
+// One tracked connection, split by temperature: Entry is what every packet touches, EntryMeta
+// the rest. IPv4 addresses are stored inline; an IPv6 entry keeps its four addresses in the
+// table's side pool (so an IPv4 flow costs no 48 bytes of zeros). Read tuples through
+// ConnTable::tuple().
 #include <cstdint>
 
 #include "table/tcp.hpp"
@@ -13,9 +13,9 @@ namespace ctsync::table {
 
 inline constexpr uint32_t kNil = 0xffffffffu;
 
-struct Entry {
-  // --- hot: lookup and refresh
-  uint32_t hnext[2];   // hash chain links as node ids (index << 1 | dir); kNil ends a chain
+// What a packet touches, in exactly two aligned cache lines: the lookup words, status,
+// expiry, counters and TCP state. Everything else lives in EntryMeta at the same index.
+struct alignas(64) Entry {
   uint32_t addr[4];    // IPv4 in network order: orig src, orig dst, reply src, reply dst.
                        // IPv6: addr[0] is the slot of the four addresses in the side pool.
   uint16_t port[4];    // orig sport, orig dport, reply sport, reply dport (host order)
@@ -24,25 +24,29 @@ struct Entry {
   uint16_t zone;
   uint32_t status;     // status::* bits
   Nanos expiry;        // absolute time at which the entry dies
-  uint32_t mark;
-  uint32_t wheelNext;  // timer wheel links (entry indexes)
-  uint32_t wheelPrev;  // kNil at a slot's head
-  uint32_t filedTick;  // low 32 bits of the timer-wheel tick the entry is filed under
-  // --- warm: counters and protocol state
-  Nanos start;         // creation time (kernel: timestamp extension; UDP: stream detection)
   uint64_t packets[2];
   uint64_t bytes[2];
   TcpConn tcp;         // only meaningful for TCP entries
+  uint32_t announcedExpirySec;  // last expiry told to listeners, in whole seconds (REFRESH)
+};
+static_assert(sizeof(Entry) == 128, "Entry must stay two cache lines");
+
+// The rest of an entry: read when it is created, expires, is listed or replicated.
+struct EntryMeta {
+  Nanos start;         // creation time (kernel: timestamp extension; UDP: stream detection)
+  uint32_t mark;
+  uint32_t wheelNext;  // timer wheel links (entry indexes); the free list while unused
+  uint32_t wheelPrev;  // kNil at a slot's head
+  uint32_t filedTick;  // low 32 bits of the timer-wheel tick the entry is filed under
   uint32_t master;     // entry index of the master of a RELATED flow, kNil if none
   // Where replication records the entry's version: a hybrid logical clock, the node that
   // wrote it, and a generation bumped when a closed flow is reopened. The tracker zeroes them.
-  uint64_t versionHlc;
   uint16_t versionOrigin;
   uint16_t generation;
-  uint32_t announcedExpirySec;  // last expiry told to listeners, in whole seconds (REFRESH)
+  uint64_t versionHlc;
 };
 
-// The memory target is 192 bytes per IPv4 flow including its share of the bucket array.
-static_assert(sizeof(Entry) <= 176, "Entry grew: check the per-flow memory budget");
+// The memory target is 192 bytes per IPv4 flow including its share of the hash index.
+static_assert(sizeof(Entry) + sizeof(EntryMeta) <= 168, "check the per-flow memory budget");
 
 }  // namespace ctsync::table

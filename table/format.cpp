@@ -69,7 +69,8 @@ std::string format(Kind kind, uint32_t mask, const ConnTable& table, uint32_t id
   if (options.counters) appendCounters(out, e, 1);
   if (e.status & status::kAssured) out += "[ASSURED] ";
   // Dumps always carry the mark; events only when it is set or changed.
-  if (kind == Kind::kList || e.mark != 0 || (mask & ev::kMark) != 0) appendf(out, "mark=%u ", e.mark);
+  const uint32_t mark = table.meta(idx).mark;
+  if (kind == Kind::kList || mark != 0 || (mask & ev::kMark) != 0) appendf(out, "mark=%u ", mark);
   if (e.zone != 0) appendf(out, "zone=%u ", e.zone);
   if (kind == Kind::kList) out += "use=1 ";
   while (!out.empty() && out.back() == ' ') out.pop_back();
@@ -161,12 +162,12 @@ std::string formatEntryJson(const ConnTable& table, uint32_t index, Nanos now,
   flag(status::kDstNat, "dst_nat");
   flag(status::kDying, "dying");
   out += "]";
-  appendf(out, ",\"mark\":%u,\"zone\":%u", e.mark, static_cast<unsigned>(e.zone));
+  appendf(out, ",\"mark\":%u,\"zone\":%u", table.meta(index).mark, static_cast<unsigned>(e.zone));
   appendf(out, ",\"counters\":{\"orig\":{\"packets\":%" PRIu64 ",\"bytes\":%" PRIu64 "}",
           e.packets[0], e.bytes[0]);
   appendf(out, ",\"reply\":{\"packets\":%" PRIu64 ",\"bytes\":%" PRIu64 "}}", e.packets[1],
           e.bytes[1]);
-  appendf(out, ",\"start_ns\":%" PRId64 "}", e.start);
+  appendf(out, ",\"start_ns\":%" PRId64 "}", table.meta(index).start);
   return out;
 }
 

@@ -141,7 +141,7 @@ Verdict Tracker::create(const Packet& p, uint64_t hash, Nanos now, uint16_t zone
   if (!idx) return invalid(InvalidReason::kTableFull);
   Entry& e = table_.entry(*idx);
   e.tcp = tcp;
-  const L4Outcome o = l4Packet(e, Dir::kOriginal, p, now);
+  const L4Outcome o = l4Packet(*idx, Dir::kOriginal, p, now);
   if (o.kind != L4Outcome::Kind::kAccept) {
     table_.discard(*idx);
     return invalid(o.reason != InvalidReason::kNone ? o.reason : InvalidReason::kTcpState);
@@ -160,7 +160,7 @@ Verdict Tracker::update(const Packet& p, ConnTable::Hit hit, uint64_t hash, Nano
                         uint16_t zone) {
   Entry& e = table_.entry(hit.index);
   const uint32_t before = e.status;
-  const L4Outcome o = l4Packet(e, hit.dir, p, now);
+  const L4Outcome o = l4Packet(hit.index, hit.dir, p, now);
   const int d = index(hit.dir);
   switch (o.kind) {
     case L4Outcome::Kind::kInvalid:
@@ -199,7 +199,8 @@ Verdict Tracker::update(const Packet& p, ConnTable::Hit hit, uint64_t hash, Nano
   return v;
 }
 
-L4Outcome Tracker::l4Packet(Entry& e, Dir dir, const Packet& p, Nanos now) {
+L4Outcome Tracker::l4Packet(uint32_t index, Dir dir, const Packet& p, Nanos now) {
+  Entry& e = table_.entry(index);
   const ProtocolSettings& ps = settings_.protocols;
   switch (e.l4) {
     case proto::kTcp:
@@ -209,12 +210,12 @@ L4Outcome Tracker::l4Packet(Entry& e, Dir dir, const Packet& p, Nanos now) {
       // As nf_conntrack_udp_packet: a flow that has seen a reply and is still active more than
       // two seconds after its creation is a stream (longer timeout, ASSURED).
       if ((e.status & status::kSeenReply) == 0) return L4Outcome::accept(ps.udp.unreplied);
-      if (now > e.start + seconds(2)) {
+      // An assured flow is past its first two seconds: no need to read its start time.
+      if ((e.status & status::kAssured) != 0) return L4Outcome::accept(ps.udp.stream);
+      if (now > table_.meta(index).start + seconds(2)) {
         L4Outcome o = L4Outcome::accept(ps.udp.stream);
-        if ((e.status & status::kAssured) == 0) {
-          e.status |= status::kAssured;
-          o.events |= ev::kAssured;
-        }
+        e.status |= status::kAssured;
+        o.events |= ev::kAssured;
         return o;
       }
       return L4Outcome::accept(ps.udp.unreplied);

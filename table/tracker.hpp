@@ -77,7 +77,7 @@ class Tracker {
   Verdict related(const Packet& p, Nanos now, uint16_t zone);
   Verdict create(const Packet& p, uint64_t hash, Nanos now, uint16_t zone);
   Verdict update(const Packet& p, ConnTable::Hit hit, uint64_t hash, Nanos now, uint16_t zone);
-  L4Outcome l4Packet(Entry& e, Dir dir, const Packet& p, Nanos now);
+  L4Outcome l4Packet(uint32_t index, Dir dir, const Packet& p, Nanos now);
   Verdict invalid(InvalidReason r);
   Nanos clampTime(Nanos now);
 

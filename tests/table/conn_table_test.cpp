@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <random>
 #include <vector>
 
@@ -85,6 +86,49 @@ TEST_F(ConnTableTest, FindsBothDirectionsAndNothingElse) {
   ASSERT_EQ(rec_.events.size(), 1u);
   EXPECT_EQ(rec_.events[0].type, EventType::kNew);
   EXPECT_TRUE(table_->entry(idx).status & status::kConfirmed);
+}
+
+TEST_F(ConnTableTest, HashIndexStaysConsistentUnderChurnAtFullLoad) {
+  // A full table puts 80 % of the index slots to use, so lines overflow into their neighbours;
+  // random inserts and deletes must keep every live flow findable in both directions and no
+  // dead one.
+  TableSettings s;
+  s.maxEntries = 2000;
+  s.buckets = 1;
+  make(s);
+  std::mt19937 rng(11);
+  std::map<uint16_t, uint32_t> live;  // sport -> entry index
+  for (int step = 0; step < 20000; ++step) {
+    const auto port = static_cast<uint16_t>(1 + rng() % 3000);
+    auto it = live.find(port);
+    if (it != live.end()) {
+      table_->destroy(it->second, kT0);
+      live.erase(it);
+    } else if (live.size() < s.maxEntries) {
+      live[port] = add(port, seconds(100));
+    }
+    if (step % 500 != 0) continue;
+    for (uint16_t p = 1; p <= 3000; ++p) {
+      const Tuple o = tcpTuple(0x0a000001, 0x0a000002, p, 80);
+      const Tuple r = *invertTuple(o);
+      const auto byOrig = table_->find(o, 0, table_->hash(o, 0));
+      const auto byReply = table_->find(r, 0, table_->hash(r, 0));
+      const auto want = live.find(p);
+      if (want == live.end()) {
+        ASSERT_FALSE(byOrig) << "dead flow " << p << " found at step " << step;
+        ASSERT_FALSE(byReply);
+      } else {
+        ASSERT_TRUE(byOrig && byReply) << "live flow " << p << " lost at step " << step;
+        EXPECT_EQ(byOrig->index, want->second);
+        EXPECT_EQ(byReply->index, want->second);
+        EXPECT_EQ(byReply->dir, Dir::kReply);
+      }
+    }
+  }
+  size_t visited = 0;
+  table_->forEach([&visited](uint32_t) { ++visited; });
+  EXPECT_EQ(visited, live.size());
+  EXPECT_EQ(table_->size(), live.size());
 }
 
 TEST_F(ConnTableTest, ExpiresExactlyAtItsTimeWithDestroyEvent) {
