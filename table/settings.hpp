@@ -52,16 +52,20 @@ namespace ctsync::table {
 
 // What to throw out when the table is full and a new flow arrives.
 enum class EvictionPolicy : uint8_t {
-  // The kernel's early_drop: look at up to 8 buckets from the new tuple's bucket and delete
-  // every non-assured entry of the first bucket that has any; if none, refuse the new flow.
+  // The kernel's early_drop: look at up to 8 buckets (hash-index lines of ten slots) from the
+  // new tuple's and delete every non-assured entry of the first one that has any; if none,
+  // refuse the new flow.
   kKernel,
-  // Closing TCP flows (FIN_WAIT .. CLOSE) first, from the same 8 buckets, then non-assured
-  // flows older than `minLifetime`; assured flows that are not closing are never evicted.
+  // Closing TCP flows (FIN_WAIT .. CLOSE) first, from 4 index lines from the new tuple's, then
+  // non-assured flows older than `minLifetime`; assured flows that are not closing are never
+  // evicted.
   kClosingFirst,
 };
 
 struct TableSettings {
-  uint32_t buckets = 262144;     // rounded up to a power of two
+  // Slots of the hash index (each entry uses two). The index gets at least this many and at
+  // least 2.5 per entry, in lines of ten, rounded up to a power of two.
+  uint32_t buckets = 262144;
   uint32_t maxEntries = 262144;  // nf_conntrack_max
   EvictionPolicy eviction = EvictionPolicy::kKernel;
   Nanos minLifetime = 0;         // kClosingFirst: younger entries are never evicted
