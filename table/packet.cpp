@@ -12,12 +12,6 @@
 namespace ctsync::table {
 namespace {
 
-constexpr uint8_t kNextHop = 0;  // IPv6 hop-by-hop options
-constexpr uint8_t kNextRouting = 43;
-constexpr uint8_t kNextFragment = 44;
-constexpr uint8_t kNextAuth = 51;
-constexpr uint8_t kNextNone = 59;
-constexpr uint8_t kNextDest = 60;
 
 constexpr size_t kIpv4MinHeader = 20;
 constexpr size_t kIpv6Header = 40;
@@ -81,13 +75,13 @@ bool checksumOk(uint64_t acc) {
 }
 
 bool isExtHeader(uint8_t nh) {
-  return nh == kNextHop || nh == kNextRouting || nh == kNextFragment || nh == kNextAuth ||
-         nh == kNextNone || nh == kNextDest;
+  return nh == proto::kHopByHop || nh == proto::kRouting || nh == proto::kFragment || nh == proto::kAuth ||
+         nh == proto::kNoNext || nh == proto::kDestOpts;
 }
 
 // Length of an IPv6 extension header from its second byte (AH counts 4-byte units minus 2).
 size_t extHeaderLen(uint8_t nh, uint8_t lenByte) {
-  return nh == kNextAuth ? (size_t{lenByte} + 2) * 4 : (size_t{lenByte} + 1) * 8;
+  return nh == proto::kAuth ? (size_t{lenByte} + 2) * 4 : (size_t{lenByte} + 1) * 8;
 }
 
 // The IPv4 pseudo header (RFC 793/768) or the IPv6 one (RFC 8200 8.1), summed.
@@ -196,12 +190,12 @@ L3Result walkIpv6Chain(const uint8_t* data, size_t end, uint8_t nh, size_t off,
                        bool skipFirstFragment) {
   L3Result r;
   while (isExtHeader(nh)) {
-    if (nh == kNextNone || off + 2 > end) {
+    if (nh == proto::kNoNext || off + 2 > end) {
       r.error = InvalidReason::kBadExtHeader;
       return r;
     }
     size_t hdrLen;
-    if (nh == kNextFragment) {
+    if (nh == proto::kFragment) {
       if (off + 8 > end) {
         r.error = InvalidReason::kBadExtHeader;
         return r;
@@ -238,7 +232,7 @@ L3Result parseIpv6Header(const uint8_t* data, size_t len) {
   const uint8_t nh = data[6];
   // Payload length 0 with a hop-by-hop header announces a jumbogram, which nothing here can
   // carry; without one it is an empty payload (ip6_rcv_core trims to the header).
-  if (payload == 0 && nh == kNextHop) {
+  if (payload == 0 && nh == proto::kHopByHop) {
     r.error = InvalidReason::kBadIpHeader;
     return r;
   }

@@ -7,6 +7,8 @@
 #include <map>
 #include <vector>
 
+#include "table/tuple.hpp"
+
 // Behaviour follows Linux 6.x ip_defrag (net/ipv4/ip_fragment.c), nf_ct_frag6_gather
 // (net/ipv6/netfilter/nf_conntrack_reasm.c) and the shared queue logic in inet_fragment.c:
 // fragments are kept as "runs" of contiguous data so that a fragment lying wholly inside a run
@@ -17,14 +19,6 @@
 namespace ctsync::table {
 namespace {
 
-constexpr uint8_t kNextHop = 0;
-constexpr uint8_t kNextRouting = 43;
-constexpr uint8_t kNextFragment = 44;
-constexpr uint8_t kNextAuth = 51;
-constexpr uint8_t kNextDest = 60;
-constexpr uint8_t kNextTcp = 6;
-constexpr uint8_t kNextUdp = 17;
-constexpr uint8_t kNextIcmpv6 = 58;
 
 constexpr size_t kIpv4MinHeader = 20;
 constexpr size_t kIpv6Header = 40;
@@ -83,18 +77,18 @@ struct FragInfo {
 // The unfragmentable part of an IPv6 first fragment must carry the whole upper-layer header
 // (RFC 8200 4.5; ipv6frag_thdr_truncated). Walks from just after the fragment header.
 bool upperHeaderTruncated(const uint8_t* data, size_t end, size_t off, uint8_t nh) {
-  while (nh == kNextHop || nh == kNextRouting || nh == kNextDest || nh == kNextAuth ||
-         nh == kNextFragment) {
+  while (nh == proto::kHopByHop || nh == proto::kRouting || nh == proto::kDestOpts || nh == proto::kAuth ||
+         nh == proto::kFragment) {
     if (off + 2 > end) return false;  // unparsable: the kernel lets it pass this check
-    if (nh == kNextFragment) return false;
+    if (nh == proto::kFragment) return false;
     const size_t hdrLen =
-        nh == kNextAuth ? (size_t{data[off + 1]} + 2) * 4 : (size_t{data[off + 1]} + 1) * 8;
+        nh == proto::kAuth ? (size_t{data[off + 1]} + 2) * 4 : (size_t{data[off + 1]} + 1) * 8;
     nh = data[off];
     off += hdrLen;
   }
   size_t need = 1;
-  if (nh == kNextTcp) need = 20;
-  if (nh == kNextUdp || nh == kNextIcmpv6) need = 8;
+  if (nh == proto::kTcp) need = 20;
+  if (nh == proto::kUdp || nh == proto::kIcmpv6) need = 8;
   return off + need > end;
 }
 
@@ -132,13 +126,13 @@ InvalidReason readIpv6(const uint8_t* data, size_t len, FragInfo& f) {
   uint8_t nh = data[6];
   size_t prev = 6;
   size_t off = kIpv6Header;
-  while (nh != kNextFragment) {
-    if (nh != kNextHop && nh != kNextRouting && nh != kNextDest && nh != kNextAuth) {
+  while (nh != proto::kFragment) {
+    if (nh != proto::kHopByHop && nh != proto::kRouting && nh != proto::kDestOpts && nh != proto::kAuth) {
       return InvalidReason::kBadExtHeader;
     }
     if (off + 2 > end) return InvalidReason::kBadExtHeader;
     const size_t hdrLen =
-        nh == kNextAuth ? (size_t{data[off + 1]} + 2) * 4 : (size_t{data[off + 1]} + 1) * 8;
+        nh == proto::kAuth ? (size_t{data[off + 1]} + 2) * 4 : (size_t{data[off + 1]} + 1) * 8;
     prev = off;
     nh = data[off];
     off += hdrLen;

@@ -18,6 +18,13 @@ inline constexpr uint8_t kTcp = 6;
 inline constexpr uint8_t kUdp = 17;
 inline constexpr uint8_t kIcmpv6 = 58;
 inline constexpr uint8_t kUdplite = 136;
+// IPv6 extension headers, as next-header values.
+inline constexpr uint8_t kHopByHop = 0;
+inline constexpr uint8_t kRouting = 43;
+inline constexpr uint8_t kFragment = 44;
+inline constexpr uint8_t kAuth = 51;
+inline constexpr uint8_t kNoNext = 59;
+inline constexpr uint8_t kDestOpts = 60;
 }  // namespace proto
 
 // An IPv4 address sits in bytes[0..3] with the rest zero; an IPv6 address uses all 16.
