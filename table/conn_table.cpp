@@ -31,9 +31,6 @@ inline uint64_t load64(const uint8_t* p) {
   return v;
 }
 inline uint64_t tickOf(Nanos t) { return t <= 0 ? 0 : static_cast<uint64_t>(t) >> kTickShift; }
-inline uint32_t wholeSeconds(Nanos t) {
-  return t <= 0 ? 0 : static_cast<uint32_t>(static_cast<uint64_t>(t) / kSecond);
-}
 uint32_t roundUpPow2(uint32_t v) {
   uint32_t p = 1;
   while (p < v && p < (1u << 30)) p <<= 1;
@@ -200,9 +197,9 @@ void ConnTable::unlink(uint32_t idx) {
   }
 }
 
-Nanos ConnTable::scaled(Nanos timeout) const {
+Nanos ConnTable::scaledAdaptive(Nanos timeout) const {
   const auto& s = settings_;
-  if (s.adaptiveEnd == 0 || s.adaptiveEnd <= s.adaptiveStart) return timeout;
+  if (s.adaptiveEnd <= s.adaptiveStart) return timeout;
   const double fill = 100.0 * count_ / s.maxEntries;
   if (fill <= s.adaptiveStart) return timeout;
   const double factor = (s.adaptiveEnd - fill) / (s.adaptiveEnd - s.adaptiveStart);
@@ -218,7 +215,7 @@ void ConnTable::confirm(uint32_t idx, Nanos timeout, Nanos now) {
   Entry& e = entries_[idx];
   e.status |= status::kConfirmed;
   e.expiry = now + scaled(timeout);
-  e.announcedExpirySec = wholeSeconds(e.expiry);
+  announce(e, scaled(timeout));
   if (!wheelStarted_) {
     wheelStarted_ = true;
     cursorTick_ = tickOf(now);
@@ -231,7 +228,7 @@ void ConnTable::confirm(uint32_t idx, Nanos timeout, Nanos now) {
   fire(EventType::kNew, ev::kNew, idx, now);
 }
 
-void ConnTable::setTimeout(uint32_t idx, Nanos timeout, Nanos now, bool quiet) {
+void ConnTable::setTimeoutSlow(uint32_t idx, Nanos timeout, Nanos now, bool quiet) {
   Entry& e = entries_[idx];
   const Nanos t = scaled(timeout);
   const Nanos old = e.expiry;
@@ -248,18 +245,26 @@ void ConnTable::setTimeout(uint32_t idx, Nanos timeout, Nanos now, bool quiet) {
       currentMin_ = std::min(currentMin_, e.expiry);
     }
   }
-  if (quiet || settings_.refreshPercent == 0) return;
-  const uint32_t sec = wholeSeconds(e.expiry);
-  const uint64_t threshold = static_cast<uint64_t>(t / kSecond) * settings_.refreshPercent / 100;
-  if (sec > e.announcedExpirySec && sec - e.announcedExpirySec > threshold) {
-    e.announcedExpirySec = sec;
-    fire(EventType::kRefresh, 0, idx, now);
-  }
+  if (quiet || (static_cast<uint64_t>(e.expiry) >> kRefreshShift) <= e.refreshAt) return;
+  announce(e, t);
+  fire(EventType::kRefresh, 0, idx, now);
 }
 
 void ConnTable::notify(uint32_t idx, uint32_t mask, Nanos now) {
-  entries_[idx].announcedExpirySec = wholeSeconds(entries_[idx].expiry);
+  Entry& e = entries_[idx];
+  announce(e, e.expiry - now);
   fire(EventType::kUpdate, mask, idx, now);
+}
+
+// Listeners now know the entry's expiry; the next REFRESH is due once it moves on by more than
+// refreshPercent of `timeout`.
+void ConnTable::announce(Entry& e, Nanos timeout) const {
+  if (settings_.refreshPercent == 0) {
+    e.refreshAt = 0xffffffffu;
+    return;
+  }
+  const Nanos due = e.expiry + timeout / 100 * settings_.refreshPercent;
+  e.refreshAt = static_cast<uint32_t>(static_cast<uint64_t>(std::max<Nanos>(due, 0)) >> kRefreshShift);
 }
 
 void ConnTable::destroy(uint32_t idx, Nanos now) {

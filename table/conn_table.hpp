@@ -159,7 +159,17 @@ class ConnTable {
   // Makes an allocated entry visible, sets its timeout and fires NEW.
   void confirm(uint32_t index, Nanos timeout, Nanos now);
   // Refreshes the entry's timeout (scaled by the adaptive policy); fires REFRESH when due.
-  void setTimeout(uint32_t index, Nanos timeout, Nanos now, bool quiet = false);
+  void setTimeout(uint32_t index, Nanos timeout, Nanos now, bool quiet = false) {
+    // The per-packet case inline: the expiry moves later and no REFRESH is due.
+    Entry& e = entries_[index];
+    const Nanos expiry = now + scaled(timeout);
+    if (expiry >= e.expiry &&
+        (quiet || (static_cast<uint64_t>(expiry) >> kRefreshShift) <= e.refreshAt)) {
+      e.expiry = expiry;
+      return;
+    }
+    setTimeoutSlow(index, timeout, now, quiet);
+  }
   // Fires UPDATE with `mask` and records the announced expiry.
   void notify(uint32_t index, uint32_t mask, Nanos now);
   // Removes a confirmed entry now (DESTROY).
@@ -249,7 +259,12 @@ class ConnTable {
   bool evictKernel(uint64_t origHash, Nanos now);
   bool evictClosingFirst(uint64_t origHash, Nanos now);
   void gcStep(Nanos now);
-  Nanos scaled(Nanos timeout) const;
+  Nanos scaled(Nanos timeout) const {
+    return settings_.adaptiveEnd == 0 ? timeout : scaledAdaptive(timeout);
+  }
+  Nanos scaledAdaptive(Nanos timeout) const;
+  void setTimeoutSlow(uint32_t index, Nanos timeout, Nanos now, bool quiet);
+  void announce(Entry& e, Nanos timeout) const;
   void fire(EventType type, uint32_t mask, uint32_t index, Nanos now);
 
   // Timer wheel.

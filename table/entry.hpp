@@ -12,6 +12,9 @@
 namespace ctsync::table {
 
 inline constexpr uint32_t kNil = 0xffffffffu;
+// Entry::refreshAt counts in units of 2^30 ns (about 1.07 s), so that the per-packet check is a
+// shift and a compare. Absolute times up to 2^62 ns fit (year 2116 on the Unix epoch).
+inline constexpr int kRefreshShift = 30;
 
 // What a packet touches, in exactly two aligned cache lines: the lookup words, status,
 // expiry, counters and TCP state. Everything else lives in EntryMeta at the same index.
@@ -27,7 +30,8 @@ struct alignas(64) Entry {
   uint64_t packets[2];
   uint64_t bytes[2];
   TcpConn tcp;         // only meaningful for TCP entries
-  uint32_t announcedExpirySec;  // last expiry told to listeners, in whole seconds (REFRESH)
+  // REFRESH is due once expiry >> kRefreshShift passes this (see ConnTable::announce).
+  uint32_t refreshAt;
 };
 static_assert(sizeof(Entry) == 128, "Entry must stay two cache lines");
 

@@ -61,7 +61,6 @@ TrackerSettings settingsFor(uint32_t flows) {
   while (n < flows) n <<= 1;
   s.table.maxEntries = n;
   s.table.buckets = 2 * n;  // one chain node per bucket on average (each entry has two)
-  s.table.refreshPercent = 0;
   return s;
 }
 

@@ -286,7 +286,10 @@ TEST_F(ConnTableTest, RefreshEventOnlyWhenExpiryMovedEnough) {
   const uint32_t idx = add(1000, seconds(120));
   table_->setTimeout(idx, seconds(120), kT0 + seconds(10));
   EXPECT_EQ(rec_.count(EventType::kRefresh), 0u);
-  table_->setTimeout(idx, seconds(120), kT0 + seconds(61));
+  // Due 60 s (50 % of 120 s) past the announced expiry; the check counts in ~1.07 s units.
+  table_->setTimeout(idx, seconds(120), kT0 + seconds(59));
+  EXPECT_EQ(rec_.count(EventType::kRefresh), 0u);
+  table_->setTimeout(idx, seconds(120), kT0 + seconds(63));
   EXPECT_EQ(rec_.count(EventType::kRefresh), 1u);
   table_->setTimeout(idx, seconds(120), kT0 + seconds(70));
   EXPECT_EQ(rec_.count(EventType::kRefresh), 1u);
