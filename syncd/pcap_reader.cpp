@@ -5,9 +5,13 @@
 namespace ctsync::syncd {
 namespace {
 
-uint16_t be16(const uint8_t* p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
+uint16_t be16(const uint8_t* p) {
+  return static_cast<uint16_t>((p[0] << 8) | p[1]);
+}
 
-bool isIpEthertype(uint16_t type) { return type == 0x0800 || type == 0x86dd; }
+bool isIpEthertype(uint16_t type) {
+  return type == 0x0800 || type == 0x86dd;
+}
 
 // Skips 802.1Q / 802.1ad tags; returns the offset of the payload or empty.
 std::optional<size_t> afterEthertype(const uint8_t* data, size_t len, size_t typeOffset) {
@@ -79,8 +83,8 @@ std::optional<std::pair<size_t, size_t>> locateIp(int linkType, const uint8_t* d
 
 std::variant<PcapReader, OpenError> PcapReader::open(const std::string& path) {
   char errbuf[PCAP_ERRBUF_SIZE] = {};
-  pcap_t* h = pcap_open_offline_with_tstamp_precision(path.c_str(), PCAP_TSTAMP_PRECISION_NANO,
-                                                      errbuf);
+  pcap_t* h =
+      pcap_open_offline_with_tstamp_precision(path.c_str(), PCAP_TSTAMP_PRECISION_NANO, errbuf);
   if (h == nullptr) return OpenError{path + ": " + errbuf};
   const int lt = pcap_datalink(h);
   if (!supportedLinkType(lt)) {
@@ -94,7 +98,9 @@ std::variant<PcapReader, OpenError> PcapReader::open(const std::string& path) {
 }
 
 PcapReader::PcapReader(PcapReader&& other) noexcept
-    : handle_(other.handle_), linkType_(other.linkType_), skipped_(other.skipped_),
+    : handle_(other.handle_),
+      linkType_(other.linkType_),
+      skipped_(other.skipped_),
       error_(std::move(other.error_)) {
   other.handle_ = nullptr;
 }

@@ -14,9 +14,9 @@ struct pcap;
 namespace ctsync::syncd {
 
 struct Frame {
-  table::Nanos time;   // capture time, nanoseconds since the Unix epoch
-  const uint8_t* ip;   // the IP header; valid until the next call to next()
-  size_t len;          // captured bytes from the IP header on
+  table::Nanos time;  // capture time, nanoseconds since the Unix epoch
+  const uint8_t* ip;  // the IP header; valid until the next call to next()
+  size_t len;         // captured bytes from the IP header on
 };
 
 struct OpenError {

@@ -84,7 +84,8 @@ int runReplay(const ReplayOptions& options, std::ostream& out, std::ostream& err
     return t.meta(a).start != t.meta(b).start ? t.meta(a).start < t.meta(b).start : a < b;
   });
   for (uint32_t idx : entries) {
-    out << (options.json ? table::formatEntryJson(t, idx, last) : table::formatEntry(t, idx, last, fmt))
+    out << (options.json ? table::formatEntryJson(t, idx, last)
+                         : table::formatEntry(t, idx, last, fmt))
         << '\n';
   }
   out.flush();  // the summary goes to `err`: keep it after the table on a shared terminal

@@ -9,7 +9,7 @@
 namespace ctsync::table {
 namespace {
 
-constexpr int kTickShift = 25;  // a wheel tick is 2^25 ns, about 33.5 ms
+constexpr int kTickShift = 25;          // a wheel tick is 2^25 ns, about 33.5 ms
 constexpr uint32_t kWheelSlots = 8192;  // horizon about 275 s; later expiries are re-filed
 constexpr uint32_t kEvictionLines = 8;  // as NF_CT_EVICTION_RANGE buckets, with a line as bucket
 constexpr uint32_t kSmartEvictionLines = 4;
@@ -30,7 +30,9 @@ inline uint64_t load64(const uint8_t* p) {
   std::memcpy(&v, p, 8);
   return v;
 }
-inline uint64_t tickOf(Nanos t) { return t <= 0 ? 0 : static_cast<uint64_t>(t) >> kTickShift; }
+inline uint64_t tickOf(Nanos t) {
+  return t <= 0 ? 0 : static_cast<uint64_t>(t) >> kTickShift;
+}
 uint32_t roundUpPow2(uint32_t v) {
   uint32_t p = 1;
   while (p < v && p < (1u << 30)) p <<= 1;
@@ -45,7 +47,8 @@ ConnTable::ConnTable(const TableSettings& settings, uint64_t hashSeed) : setting
   seed_[0] = mum(hashSeed ^ 0x9e3779b97f4a7c15ull, 0xbf58476d1ce4e5b9ull) | 1;
   seed_[1] = mum(hashSeed ^ 0x94d049bb133111ebull, 0x2545f4914f6cdd1dull) | 1;
   // At least `buckets` slots, and room for both nodes of every entry at 80 % of the slots.
-  const uint64_t wantSlots = std::max<uint64_t>(settings_.buckets, uint64_t{settings_.maxEntries} * 2 * 10 / 8);
+  const uint64_t wantSlots =
+      std::max<uint64_t>(settings_.buckets, uint64_t{settings_.maxEntries} * 2 * 10 / 8);
   const uint32_t lines = roundUpPow2(static_cast<uint32_t>(
       std::min<uint64_t>((wantSlots + HashLine::kSlots - 1) / HashLine::kSlots, 1u << 30)));
   lineMask_ = lines - 1;
@@ -151,7 +154,9 @@ void ConnTable::release(uint32_t idx) {
   --allocated_;
 }
 
-void ConnTable::discard(uint32_t idx) { release(idx); }
+void ConnTable::discard(uint32_t idx) {
+  release(idx);
+}
 
 void ConnTable::link(uint32_t idx) {
   Entry& e = entries_[idx];
@@ -264,7 +269,8 @@ void ConnTable::announce(Entry& e, Nanos timeout) const {
     return;
   }
   const Nanos due = e.expiry + timeout / 100 * settings_.refreshPercent;
-  e.refreshAt = static_cast<uint32_t>(static_cast<uint64_t>(std::max<Nanos>(due, 0)) >> kRefreshShift);
+  e.refreshAt =
+      static_cast<uint32_t>(static_cast<uint64_t>(std::max<Nanos>(due, 0)) >> kRefreshShift);
 }
 
 void ConnTable::destroy(uint32_t idx, Nanos now) {
@@ -396,7 +402,7 @@ void ConnTable::clear(Nanos now) {
 
 bool ConnTable::evict(uint64_t origHash, Nanos now) {
   return settings_.eviction == EvictionPolicy::kKernel ? evictKernel(origHash, now)
-                                                        : evictClosingFirst(origHash, now);
+                                                       : evictClosingFirst(origHash, now);
 }
 
 bool ConnTable::evictKernel(uint64_t origHash, Nanos now) {

@@ -2,9 +2,9 @@
 // The connection table: fixed bucket count and entry limit, both directions hashed, a timer
 // wheel for expiry, eviction when full and the event stream. Single-threaded: one table
 // belongs to one thread (shard by hash for more).
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <algorithm>
 #include <cstring>
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -32,7 +32,7 @@ class ConnTable;
 struct alignas(64) HashLine {
   static constexpr int kSlots = 10;
   static constexpr uint16_t kStuck = 0xffff;  // overflow saturates there and stays (still correct)
-  uint16_t tags[kSlots];  // 0 = free
+  uint16_t tags[kSlots];                      // 0 = free
   uint16_t overflow;
   uint16_t unused;
   uint32_t nodes[kSlots];
@@ -78,10 +78,10 @@ struct TableCounters {
   uint64_t inserted = 0;
   uint64_t expired = 0;
   uint64_t deleted = 0;
-  uint64_t earlyDropped = 0;     // entries evicted to make room
-  uint64_t insertFailed = 0;     // table full and nothing evictable
-  uint64_t gcDropped = 0;        // dropped by the 95 % garbage collector
-  uint64_t searched = 0;         // chain nodes visited by lookups
+  uint64_t earlyDropped = 0;  // entries evicted to make room
+  uint64_t insertFailed = 0;  // table full and nothing evictable
+  uint64_t gcDropped = 0;     // dropped by the 95 % garbage collector
+  uint64_t searched = 0;      // chain nodes visited by lookups
 };
 
 class ConnTable {
@@ -281,18 +281,18 @@ class ConnTable {
   BigArray metaMemory_;
   HashLine* lines_ = nullptr;
   EntryMeta* metas_ = nullptr;
-  Entry* entries_ = nullptr;       // zeroed mapping: pages are touched only when used
-  uint32_t highWater_ = 0;         // entries [0, highWater_) have been handed out at least once
+  Entry* entries_ = nullptr;  // zeroed mapping: pages are touched only when used
+  uint32_t highWater_ = 0;    // entries [0, highWater_) have been handed out at least once
   uint32_t freeHead_ = kNil;
-  uint32_t count_ = 0;             // confirmed entries
-  uint32_t allocated_ = 0;         // confirmed + unconfirmed
+  uint32_t count_ = 0;      // confirmed entries
+  uint32_t allocated_ = 0;  // confirmed + unconfirmed
   std::vector<std::array<Addr, 4>> v6Pool_;
   std::vector<uint32_t> v6Free_;
   std::unordered_map<uint32_t, std::array<uint8_t, 16>> labels_;
 
-  std::vector<uint32_t> wheel_;    // slot heads
-  uint64_t cursorTick_ = 0;        // every tick below this one has been processed
-  Nanos currentMin_ = 0;           // lower bound of expiries filed in the cursor's slot
+  std::vector<uint32_t> wheel_;  // slot heads
+  uint64_t cursorTick_ = 0;      // every tick below this one has been processed
+  Nanos currentMin_ = 0;         // lower bound of expiries filed in the cursor's slot
   bool wheelStarted_ = false;
   std::vector<uint32_t> dueScratch_;
   uint32_t gcLine_ = 0;

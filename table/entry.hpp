@@ -19,17 +19,17 @@ inline constexpr int kRefreshShift = 30;
 // What a packet touches, in exactly two aligned cache lines: the lookup words, status,
 // expiry, counters and TCP state. Everything else lives in EntryMeta at the same index.
 struct alignas(64) Entry {
-  uint32_t addr[4];    // IPv4 in network order: orig src, orig dst, reply src, reply dst.
-                       // IPv6: addr[0] is the slot of the four addresses in the side pool.
-  uint16_t port[4];    // orig sport, orig dport, reply sport, reply dport (host order)
+  uint32_t addr[4];  // IPv4 in network order: orig src, orig dst, reply src, reply dst.
+                     // IPv6: addr[0] is the slot of the four addresses in the side pool.
+  uint16_t port[4];  // orig sport, orig dport, reply sport, reply dport (host order)
   L3 l3;
   uint8_t l4;
   uint16_t zone;
-  uint32_t status;     // status::* bits
-  Nanos expiry;        // absolute time at which the entry dies
+  uint32_t status;  // status::* bits
+  Nanos expiry;     // absolute time at which the entry dies
   uint64_t packets[2];
   uint64_t bytes[2];
-  TcpConn tcp;         // only meaningful for TCP entries
+  TcpConn tcp;  // only meaningful for TCP entries
   // REFRESH is due once expiry >> kRefreshShift passes this (see ConnTable::announce).
   uint32_t refreshAt;
 };
@@ -37,7 +37,7 @@ static_assert(sizeof(Entry) == 128, "Entry must stay two cache lines");
 
 // The rest of an entry: read when it is created, expires, is listed or replicated.
 struct EntryMeta {
-  Nanos start;         // creation time (kernel: timestamp extension; UDP: stream detection)
+  Nanos start;  // creation time (kernel: timestamp extension; UDP: stream detection)
   uint32_t mark;
   uint32_t wheelNext;  // timer wheel links (entry indexes); the free list while unused
   uint32_t wheelPrev;  // kNil at a slot's head

@@ -46,11 +46,20 @@ std::string format(Kind kind, uint32_t mask, const ConnTable& table, uint32_t id
   std::string out;
   out.reserve(256);
   switch (kind) {
-    case Kind::kNew: out += "    [NEW] "; break;
-    case Kind::kUpdate: out += " [UPDATE] "; break;
-    case Kind::kDestroy: out += "[DESTROY] "; break;
-    case Kind::kRefresh: out += "[REFRESH] "; break;
-    case Kind::kList: break;
+    case Kind::kNew:
+      out += "    [NEW] ";
+      break;
+    case Kind::kUpdate:
+      out += " [UPDATE] ";
+      break;
+    case Kind::kDestroy:
+      out += "[DESTROY] ";
+      break;
+    case Kind::kRefresh:
+      out += "[REFRESH] ";
+      break;
+    case Kind::kList:
+      break;
   }
   appendf(out, "%-8s %u ", e.l3 == L3::kIpv4 ? "ipv4" : "ipv6", static_cast<unsigned>(e.l3));
   appendf(out, "%-8s %u ", l4ProtoName(e.l4), static_cast<unsigned>(e.l4));
@@ -81,25 +90,38 @@ std::string format(Kind kind, uint32_t mask, const ConnTable& table, uint32_t id
 
 const char* eventTypeName(EventType type) {
   switch (type) {
-    case EventType::kNew: return "NEW";
-    case EventType::kUpdate: return "UPDATE";
-    case EventType::kDestroy: return "DESTROY";
-    case EventType::kRefresh: return "REFRESH";
+    case EventType::kNew:
+      return "NEW";
+    case EventType::kUpdate:
+      return "UPDATE";
+    case EventType::kDestroy:
+      return "DESTROY";
+    case EventType::kRefresh:
+      return "REFRESH";
   }
   return "?";
 }
 
 const char* l4ProtoName(uint8_t l4) {
   switch (l4) {
-    case proto::kTcp: return "tcp";
-    case proto::kUdp: return "udp";
-    case proto::kIcmp: return "icmp";
-    case proto::kIcmpv6: return "icmpv6";
-    case proto::kUdplite: return "udplite";
-    case 33: return "dccp";
-    case 47: return "gre";
-    case 132: return "sctp";
-    default: return "unknown";
+    case proto::kTcp:
+      return "tcp";
+    case proto::kUdp:
+      return "udp";
+    case proto::kIcmp:
+      return "icmp";
+    case proto::kIcmpv6:
+      return "icmpv6";
+    case proto::kUdplite:
+      return "udplite";
+    case 33:
+      return "dccp";
+    case 47:
+      return "gre";
+    case 132:
+      return "sctp";
+    default:
+      return "unknown";
   }
 }
 
@@ -112,10 +134,18 @@ std::string formatEvent(EventType type, uint32_t mask, const ConnTable& table, u
                         Nanos now, const FormatOptions& options) {
   Kind k = Kind::kNew;
   switch (type) {
-    case EventType::kNew: k = Kind::kNew; break;
-    case EventType::kUpdate: k = Kind::kUpdate; break;
-    case EventType::kDestroy: k = Kind::kDestroy; break;
-    case EventType::kRefresh: k = Kind::kRefresh; break;
+    case EventType::kNew:
+      k = Kind::kNew;
+      break;
+    case EventType::kUpdate:
+      k = Kind::kUpdate;
+      break;
+    case EventType::kDestroy:
+      k = Kind::kDestroy;
+      break;
+    case EventType::kRefresh:
+      k = Kind::kRefresh;
+      break;
   }
   return format(k, mask, table, index, now, options);
 }
@@ -134,13 +164,12 @@ void jsonTuple(std::string& out, const Tuple& t) {
 
 }  // namespace
 
-std::string formatEntryJson(const ConnTable& table, uint32_t index, Nanos now,
-                            const char* event) {
+std::string formatEntryJson(const ConnTable& table, uint32_t index, Nanos now, const char* event) {
   const Entry& e = table.entry(index);
   std::string out = "{";
   if (event != nullptr) out += std::string("\"event\":\"") + event + "\",";
-  appendf(out, "\"family\":\"%s\",\"proto\":\"%s\",\"protonum\":%u,", e.l3 == L3::kIpv4 ? "ipv4" : "ipv6",
-          l4ProtoName(e.l4), static_cast<unsigned>(e.l4));
+  appendf(out, "\"family\":\"%s\",\"proto\":\"%s\",\"protonum\":%u,",
+          e.l3 == L3::kIpv4 ? "ipv4" : "ipv6", l4ProtoName(e.l4), static_cast<unsigned>(e.l4));
   appendf(out, "\"timeout\":%" PRId64 ",", remainingSeconds(e, now));
   if (e.l4 == proto::kTcp) appendf(out, "\"state\":\"%s\",", tcpStateName(e.tcp.state));
   out += "\"orig\":";

@@ -34,9 +34,9 @@ struct L4Outcome {
   };
   Kind kind = Kind::kAccept;
   InvalidReason reason = InvalidReason::kNone;
-  bool refresh = false;   // set the entry's expiry to now + timeout
+  bool refresh = false;  // set the entry's expiry to now + timeout
   Nanos timeout = 0;
-  uint32_t events = 0;    // ev::* bits the tracker caused (kProtoinfo on state change, kAssured)
+  uint32_t events = 0;  // ev::* bits the tracker caused (kProtoinfo on state change, kAssured)
 
   static L4Outcome invalid(InvalidReason r) {
     L4Outcome o;

@@ -12,7 +12,6 @@
 namespace ctsync::table {
 namespace {
 
-
 constexpr size_t kIpv4MinHeader = 20;
 constexpr size_t kIpv6Header = 40;
 constexpr size_t kIcmpHeader = 8;  // ICMP and ICMPv6 alike
@@ -75,8 +74,8 @@ bool checksumOk(uint64_t acc) {
 }
 
 bool isExtHeader(uint8_t nh) {
-  return nh == proto::kHopByHop || nh == proto::kRouting || nh == proto::kFragment || nh == proto::kAuth ||
-         nh == proto::kNoNext || nh == proto::kDestOpts;
+  return nh == proto::kHopByHop || nh == proto::kRouting || nh == proto::kFragment ||
+         nh == proto::kAuth || nh == proto::kNoNext || nh == proto::kDestOpts;
 }
 
 // Length of an IPv6 extension header from its second byte (AH counts 4-byte units minus 2).

@@ -17,11 +17,11 @@ struct ParseOptions {
 };
 
 struct Packet {
-  Tuple tuple;                   // zone is not part of it: the table adds it
-  const uint8_t* l3 = nullptr;   // the IP header
-  uint32_t ipLen = 0;            // bytes of the datagram per its header (what byte counters add)
-  const uint8_t* l4 = nullptr;   // the L4 header; for the generic tracker, whatever follows
-  uint32_t l4Len = 0;            // L4 header + payload as the IP header says (padding excluded)
+  Tuple tuple;                  // zone is not part of it: the table adds it
+  const uint8_t* l3 = nullptr;  // the IP header
+  uint32_t ipLen = 0;           // bytes of the datagram per its header (what byte counters add)
+  const uint8_t* l4 = nullptr;  // the L4 header; for the generic tracker, whatever follows
+  uint32_t l4Len = 0;           // L4 header + payload as the IP header says (padding excluded)
   // ICMP/ICMPv6 errors (unreachable, time exceeded, parameter problem, packet too big, and for
   // IPv4 source quench/redirect): the tuple of the embedded packet as it was sent, not
   // inverted. l4 still points at the outer ICMP header.

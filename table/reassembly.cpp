@@ -19,7 +19,6 @@
 namespace ctsync::table {
 namespace {
 
-
 constexpr size_t kIpv4MinHeader = 20;
 constexpr size_t kIpv6Header = 40;
 constexpr size_t kFragHeader = 8;
@@ -77,8 +76,8 @@ struct FragInfo {
 // The unfragmentable part of an IPv6 first fragment must carry the whole upper-layer header
 // (RFC 8200 4.5; ipv6frag_thdr_truncated). Walks from just after the fragment header.
 bool upperHeaderTruncated(const uint8_t* data, size_t end, size_t off, uint8_t nh) {
-  while (nh == proto::kHopByHop || nh == proto::kRouting || nh == proto::kDestOpts || nh == proto::kAuth ||
-         nh == proto::kFragment) {
+  while (nh == proto::kHopByHop || nh == proto::kRouting || nh == proto::kDestOpts ||
+         nh == proto::kAuth || nh == proto::kFragment) {
     if (off + 2 > end) return false;  // unparsable: the kernel lets it pass this check
     if (nh == proto::kFragment) return false;
     const size_t hdrLen =
@@ -127,7 +126,8 @@ InvalidReason readIpv6(const uint8_t* data, size_t len, FragInfo& f) {
   size_t prev = 6;
   size_t off = kIpv6Header;
   while (nh != proto::kFragment) {
-    if (nh != proto::kHopByHop && nh != proto::kRouting && nh != proto::kDestOpts && nh != proto::kAuth) {
+    if (nh != proto::kHopByHop && nh != proto::kRouting && nh != proto::kDestOpts &&
+        nh != proto::kAuth) {
       return InvalidReason::kBadExtHeader;
     }
     if (off + 2 > end) return InvalidReason::kBadExtHeader;

@@ -14,15 +14,15 @@ namespace ctsync::table {
 struct ReassemblyLimits {
   size_t maxBytes = 4 * 1024 * 1024;  // as ipfrag_high_thresh
   size_t maxDatagrams = 1024;
-  Nanos timeout = seconds(30);        // as ipfrag_time
+  Nanos timeout = seconds(30);  // as ipfrag_time
 };
 
 struct ReassemblyCounters {
-  uint64_t fragments = 0;     // fragments accepted into a queue
-  uint64_t reassembled = 0;   // datagrams completed
-  uint64_t timedOut = 0;      // datagrams dropped incomplete after the timeout
-  uint64_t overLimit = 0;     // fragments dropped because a limit was reached
-  uint64_t invalid = 0;       // overlapping, oversized (> 65535) or malformed fragments
+  uint64_t fragments = 0;    // fragments accepted into a queue
+  uint64_t reassembled = 0;  // datagrams completed
+  uint64_t timedOut = 0;     // datagrams dropped incomplete after the timeout
+  uint64_t overLimit = 0;    // fragments dropped because a limit was reached
+  uint64_t invalid = 0;      // overlapping, oversized (> 65535) or malformed fragments
 };
 
 enum class FragStatus : uint8_t { kIncomplete, kComplete, kInvalid };

@@ -16,12 +16,12 @@ struct TcpSettings {
   Nanos timeWait = seconds(120);
   Nanos close = seconds(10);
   Nanos synSent2 = seconds(120);
-  Nanos maxRetrans = seconds(300);  // timeout_max_retrans
+  Nanos maxRetrans = seconds(300);      // timeout_max_retrans
   Nanos unacknowledged = seconds(300);  // timeout_unacknowledged
-  bool loose = true;        // nf_conntrack_tcp_loose: pick up mid-stream flows
-  bool beLiberal = false;   // nf_conntrack_tcp_be_liberal: no window checks
-  bool ignoreInvalidRst = false;  // nf_conntrack_tcp_ignore_invalid_rst
-  uint8_t maxRetransCount = 3;    // nf_conntrack_tcp_max_retrans
+  bool loose = true;                    // nf_conntrack_tcp_loose: pick up mid-stream flows
+  bool beLiberal = false;               // nf_conntrack_tcp_be_liberal: no window checks
+  bool ignoreInvalidRst = false;        // nf_conntrack_tcp_ignore_invalid_rst
+  uint8_t maxRetransCount = 3;          // nf_conntrack_tcp_max_retrans
 };
 
 struct UdpSettings {
@@ -68,7 +68,7 @@ struct TableSettings {
   uint32_t buckets = 262144;
   uint32_t maxEntries = 262144;  // nf_conntrack_max
   EvictionPolicy eviction = EvictionPolicy::kKernel;
-  Nanos minLifetime = 0;         // kClosingFirst: younger entries are never evicted
+  Nanos minLifetime = 0;  // kClosingFirst: younger entries are never evicted
   // Adaptive timeouts as OpenBSD pf's adaptive.start / adaptive.end: once the table holds more
   // than `adaptiveStart` percent of maxEntries, every new timeout is scaled by
   // (end - fill) / (end - start), reaching zero at `adaptiveEnd` percent. 0 = off.

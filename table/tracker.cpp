@@ -7,9 +7,7 @@
 namespace ctsync::table {
 
 Tracker::Tracker(const TrackerSettings& settings, uint64_t hashSeed)
-    : settings_(settings),
-      table_(settings.table, hashSeed),
-      reassembler_(ReassemblyLimits{}) {
+    : settings_(settings), table_(settings.table, hashSeed), reassembler_(ReassemblyLimits{}) {
   parseOptions_.verifyChecksums = settings.protocols.verifyChecksums;
 }
 
@@ -73,8 +71,8 @@ void Tracker::processBatch(std::span<const RawPacket> pkts, Nanos now, std::span
     if (i >= 2 * kStage) {
       const size_t k = i - 2 * kStage;
       ParseResult& r = batchParsed_[k % kMaxBatch];
-      out[k] = track(pkts[k].data, pkts[k].len, r, batchHashes_[k % kMaxBatch], hashable(r), now,
-                     zone);
+      out[k] =
+          track(pkts[k].data, pkts[k].len, r, batchHashes_[k % kMaxBatch], hashable(r), now, zone);
       ++counters_.byState[static_cast<size_t>(out[k].state)];
     }
   }
@@ -175,7 +173,7 @@ Verdict Tracker::update(const Packet& p, ConnTable::Hit hit, uint64_t hash, Nano
       table_.destroy(hit.index, now);
       Verdict v;
       v.state = hit.dir == Dir::kReply || (before & status::kSeenReply) ? CtState::kEstablished
-                                                                         : CtState::kNew;
+                                                                        : CtState::kNew;
       v.dir = hit.dir;
       return v;
     }
@@ -193,7 +191,7 @@ Verdict Tracker::update(const Packet& p, ConnTable::Hit hit, uint64_t hash, Nano
   if (mask != 0) table_.notify(hit.index, mask, now);
   Verdict v;
   v.state = hit.dir == Dir::kReply || (before & status::kSeenReply) ? CtState::kEstablished
-                                                                     : CtState::kNew;
+                                                                    : CtState::kNew;
   v.dir = hit.dir;
   v.index = hit.index;
   return v;

@@ -9,23 +9,37 @@ namespace {
 int invertIcmpType(L3 l3, uint8_t type) {
   if (l3 == L3::kIpv4) {
     switch (type) {
-      case 8: return 0;    // echo -> echo reply
-      case 0: return 8;
-      case 13: return 14;  // timestamp
-      case 14: return 13;
-      case 15: return 16;  // information
-      case 16: return 15;
-      case 17: return 18;  // address mask
-      case 18: return 17;
-      default: return -1;
+      case 8:
+        return 0;  // echo -> echo reply
+      case 0:
+        return 8;
+      case 13:
+        return 14;  // timestamp
+      case 14:
+        return 13;
+      case 15:
+        return 16;  // information
+      case 16:
+        return 15;
+      case 17:
+        return 18;  // address mask
+      case 18:
+        return 17;
+      default:
+        return -1;
     }
   }
   switch (type) {
-    case 128: return 129;  // echo request -> echo reply
-    case 129: return 128;
-    case 139: return 140;  // node information query -> reply
-    case 140: return 139;
-    default: return -1;
+    case 128:
+      return 129;  // echo request -> echo reply
+    case 129:
+      return 128;
+    case 139:
+      return 140;  // node information query -> reply
+    case 140:
+      return 139;
+    default:
+      return -1;
   }
 }
 

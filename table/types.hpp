@@ -9,12 +9,18 @@ namespace ctsync::table {
 using Nanos = int64_t;
 inline constexpr Nanos kSecond = 1'000'000'000;
 
-inline constexpr Nanos seconds(int64_t s) { return s * kSecond; }
+inline constexpr Nanos seconds(int64_t s) {
+  return s * kSecond;
+}
 
 // Packet direction relative to the entry: the direction that created it is kOriginal.
 enum class Dir : uint8_t { kOriginal = 0, kReply = 1 };
-inline constexpr int index(Dir d) { return static_cast<int>(d); }
-inline constexpr Dir opposite(Dir d) { return d == Dir::kOriginal ? Dir::kReply : Dir::kOriginal; }
+inline constexpr int index(Dir d) {
+  return static_cast<int>(d);
+}
+inline constexpr Dir opposite(Dir d) {
+  return d == Dir::kOriginal ? Dir::kReply : Dir::kOriginal;
+}
 
 // Entry status bits, numbered as the kernel's enum ip_conntrack_status so that values can be
 // exchanged with ctnetlink and replicas without translation.
@@ -42,23 +48,23 @@ inline constexpr uint32_t kHasLabels = 1u << 30;
 // per reason so an operator can tell a checksum problem from an attack.
 enum class InvalidReason : uint8_t {
   kNone = 0,
-  kTruncated,          // shorter than its headers claim (L3 or L4)
-  kBadIpVersion,       // not 4 or 6
-  kBadIpHeader,        // IHL < 5, total length < header, options malformed
-  kBadIpChecksum,      // IPv4 header checksum wrong
-  kBadExtHeader,       // IPv6 extension header chain malformed
-  kFragment,           // a fragment that could not be reassembled (overlap, too big, dropped)
-  kBadL4Header,        // L4 header malformed (TCP data offset, UDP length, ...)
-  kBadL4Checksum,      // L4 checksum wrong
-  kBadTcpFlags,        // TCP flag combination the kernel rejects
-  kTcpState,           // no valid transition from the current TCP state
-  kTcpWindow,          // outside the TCP window (and not a case the kernel ignores)
-  kTcpRst,             // RST not acceptable (sequence)
-  kTcpNoNew,           // first packet cannot create an entry (e.g. SYN+ACK, loose pickup off)
-  kIcmpNoNew,          // ICMP message type that cannot create an entry
-  kIcmpErrorNoMatch,   // ICMP error whose inner packet matches no entry
-  kIcmpErrorBad,       // ICMP error whose inner header is unusable
-  kTableFull,          // no room and nothing could be evicted
+  kTruncated,         // shorter than its headers claim (L3 or L4)
+  kBadIpVersion,      // not 4 or 6
+  kBadIpHeader,       // IHL < 5, total length < header, options malformed
+  kBadIpChecksum,     // IPv4 header checksum wrong
+  kBadExtHeader,      // IPv6 extension header chain malformed
+  kFragment,          // a fragment that could not be reassembled (overlap, too big, dropped)
+  kBadL4Header,       // L4 header malformed (TCP data offset, UDP length, ...)
+  kBadL4Checksum,     // L4 checksum wrong
+  kBadTcpFlags,       // TCP flag combination the kernel rejects
+  kTcpState,          // no valid transition from the current TCP state
+  kTcpWindow,         // outside the TCP window (and not a case the kernel ignores)
+  kTcpRst,            // RST not acceptable (sequence)
+  kTcpNoNew,          // first packet cannot create an entry (e.g. SYN+ACK, loose pickup off)
+  kIcmpNoNew,         // ICMP message type that cannot create an entry
+  kIcmpErrorNoMatch,  // ICMP error whose inner packet matches no entry
+  kIcmpErrorBad,      // ICMP error whose inner header is unusable
+  kTableFull,         // no room and nothing could be evicted
   kCount
 };
 const char* invalidReasonName(InvalidReason r);

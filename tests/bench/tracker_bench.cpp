@@ -51,9 +51,13 @@ size_t rssBytes() {
   return resident * 4096;
 }
 
-uint32_t clientOf(uint32_t i) { return v4(10, static_cast<uint8_t>(1 + (i >> 16)), 0, 0) | (i & 0xffff); }
+uint32_t clientOf(uint32_t i) {
+  return v4(10, static_cast<uint8_t>(1 + (i >> 16)), 0, 0) | (i & 0xffff);
+}
 const uint32_t kServer = v4(192, 0, 2, 1);
-uint16_t portOf(uint32_t i) { return static_cast<uint16_t>(10000 + (i % 50000)); }
+uint16_t portOf(uint32_t i) {
+  return static_cast<uint16_t>(10000 + (i % 50000));
+}
 
 TrackerSettings settingsFor(uint32_t flows) {
   TrackerSettings s;
@@ -149,11 +153,11 @@ int established(uint32_t flows, bool shuffle, uint64_t minPackets, double target
   }
   run(t, order, std::min<uint64_t>(order.size(), 2'000'000), kT0 + seconds(1));  // warm up
   const Result r = run(t, order, minPackets, kT0 + seconds(2));
-  std::printf("established, %u flows, %s order: %.2f Mpps (%llu packets; %zu MiB of huge pages)"
-              " target >= %.0f%s\n",
-              flows, shuffle ? "random" : "sequential", r.mpps,
-              static_cast<unsigned long long>(r.packets), hugeBytes() >> 20, target,
-              r.mpps >= target ? "" : "  ** below target **");
+  std::printf(
+      "established, %u flows, %s order: %.2f Mpps (%llu packets; %zu MiB of huge pages)"
+      " target >= %.0f%s\n",
+      flows, shuffle ? "random" : "sequential", r.mpps, static_cast<unsigned long long>(r.packets),
+      hugeBytes() >> 20, target, r.mpps >= target ? "" : "  ** below target **");
   if (r.wrong != 0) {
     std::printf("FAIL: %llu packets not judged ESTABLISHED\n",
                 static_cast<unsigned long long>(r.wrong));
@@ -173,8 +177,10 @@ int connections(uint32_t perRound, int rounds, double target) {
     seqs.push_back(ipv4Tcp(c, kServer, p, 80, {tcpf::kSyn, 1000, 0}));
     seqs.push_back(ipv4Tcp(kServer, c, 80, p, {tcpf::kSyn | tcpf::kAck, 5000, 1001}));
     seqs.push_back(ipv4Tcp(c, kServer, p, 80, {tcpf::kAck, 1001, 5001}));
-    seqs.push_back(ipv4Tcp(c, kServer, p, 80, {tcpf::kAck | tcpf::kPsh, 1001, 5001, 65535, {}, 100}));
-    seqs.push_back(ipv4Tcp(kServer, c, 80, p, {tcpf::kAck | tcpf::kPsh, 5001, 1101, 65535, {}, 400}));
+    seqs.push_back(
+        ipv4Tcp(c, kServer, p, 80, {tcpf::kAck | tcpf::kPsh, 1001, 5001, 65535, {}, 100}));
+    seqs.push_back(
+        ipv4Tcp(kServer, c, 80, p, {tcpf::kAck | tcpf::kPsh, 5001, 1101, 65535, {}, 400}));
     seqs.push_back(ipv4Tcp(c, kServer, p, 80, {tcpf::kAck | tcpf::kFin, 1101, 5401}));
     seqs.push_back(ipv4Tcp(kServer, c, 80, p, {tcpf::kAck | tcpf::kFin, 5401, 1102}));
     seqs.push_back(ipv4Tcp(c, kServer, p, 80, {tcpf::kAck, 1102, 5402}));
@@ -195,10 +201,11 @@ int connections(uint32_t perRound, int rounds, double target) {
   const double secs = secondsSince(start);
   const double rate = static_cast<double>(conns) / secs / 1e6;
   const auto& tc = t.table().counters();
-  std::printf("whole TCP connections (8 packets each, create + destroy): %.2f M/s (%llu in %.2f s)"
-              " target >= %.0f%s\n",
-              rate, static_cast<unsigned long long>(conns), secs, target,
-              rate >= target ? "" : "  ** below target **");
+  std::printf(
+      "whole TCP connections (8 packets each, create + destroy): %.2f M/s (%llu in %.2f s)"
+      " target >= %.0f%s\n",
+      rate, static_cast<unsigned long long>(conns), secs, target,
+      rate >= target ? "" : "  ** below target **");
   if (tc.inserted != conns || tc.expired != conns || t.counters().invalidTotal != 0) {
     std::printf("FAIL: inserted %llu expired %llu invalid %llu for %llu connections\n",
                 static_cast<unsigned long long>(tc.inserted),
@@ -221,10 +228,11 @@ int memory(uint32_t flows) {
     return 1;
   }
   const size_t after = rssBytes();
-  std::printf("memory, %u IPv4 TCP flows: %.1f bytes/flow resident (entry %zu + %zu B, table %.1f "
-              "B/flow incl. hash index and wheel; %zu MiB in huge pages) target <= 192\n",
-              flows, static_cast<double>(after - before) / flows, sizeof(Entry), sizeof(EntryMeta),
-              static_cast<double>(t.table().memoryBytes()) / flows, hugeBytes() >> 20);
+  std::printf(
+      "memory, %u IPv4 TCP flows: %.1f bytes/flow resident (entry %zu + %zu B, table %.1f "
+      "B/flow incl. hash index and wheel; %zu MiB in huge pages) target <= 192\n",
+      flows, static_cast<double>(after - before) / flows, sizeof(Entry), sizeof(EntryMeta),
+      static_cast<double>(t.table().memoryBytes()) / flows, hugeBytes() >> 20);
   return t.table().size() == flows ? 0 : 1;
 }
 
@@ -239,7 +247,8 @@ int main(int argc, char** argv) {
     } else if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
       only = argv[++i];  // sequential | random | connections | memory
     } else {
-      std::fprintf(stderr, "usage: tracker_bench [--quick] [--only sequential|random|connections|memory]\n");
+      std::fprintf(
+          stderr, "usage: tracker_bench [--quick] [--only sequential|random|connections|memory]\n");
       return 2;
     }
   }

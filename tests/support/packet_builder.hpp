@@ -164,8 +164,8 @@ inline std::vector<uint8_t> ipv4Icmp(uint32_t src, uint32_t dst, uint8_t type, u
                                      const std::vector<uint8_t>& inner = {}) {
   return ipv4(src, dst, 1, icmpMessage(type, code, id, seq, inner), 2, /*pseudo=*/false);
 }
-inline std::vector<uint8_t> ipv6Icmp(const Addr6& src, const Addr6& dst, uint8_t type,
-                                     uint8_t code, uint16_t id, uint16_t seq = 1,
+inline std::vector<uint8_t> ipv6Icmp(const Addr6& src, const Addr6& dst, uint8_t type, uint8_t code,
+                                     uint16_t id, uint16_t seq = 1,
                                      const std::vector<uint8_t>& inner = {}) {
   return ipv6(src, dst, 58, icmpMessage(type, code, id, seq, inner), 2);
 }

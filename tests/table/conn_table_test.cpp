@@ -252,8 +252,8 @@ TEST_F(ConnTableTest, ClosingFirstPolicyPrefersClosingTcpThenOldUnassured) {
   add(1, seconds(100), kT0, status::kAssured);  // established, assured: protected
   const uint32_t closing = add(2, seconds(100), kT0, status::kAssured);
   table_->entry(closing).tcp.state = TcpState::kTimeWait;
-  add(3, seconds(100), kT0);                     // old, not assured
-  add(4, seconds(100), kT0 + seconds(9));        // young, not assured
+  add(3, seconds(100), kT0);               // old, not assured
+  add(4, seconds(100), kT0 + seconds(9));  // young, not assured
   const Nanos now = kT0 + seconds(10);
   add(5, seconds(100), now);
   EXPECT_FALSE(present(2)) << "closing TCP goes first";

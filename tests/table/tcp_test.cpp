@@ -134,8 +134,8 @@ struct Flow {
       if (n.kind != L4Outcome::Kind::kAccept) return n;
       exists = true;
     }
-    L4Outcome o =
-        tcpPacket(settings, conn, status, dir, b.data(), static_cast<uint32_t>(b.size()), remaining);
+    L4Outcome o = tcpPacket(settings, conn, status, dir, b.data(), static_cast<uint32_t>(b.size()),
+                            remaining);
     if (o.kind == L4Outcome::Kind::kAccept && dir == kRepl) status |= status::kSeenReply;
     if (o.kind == L4Outcome::Kind::kKill || o.kind == L4Outcome::Kind::kReopen) exists = false;
     return o;

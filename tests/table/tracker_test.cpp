@@ -111,7 +111,8 @@ TEST_F(TrackerTest, TimeWaitReopenedBySynIsDestroyedAndCreatedAgain) {
   ASSERT_NE(only(), nullptr);
   EXPECT_EQ(only()->tcp.state, TcpState::kTimeWait);
   log_.events.clear();
-  const auto v = feed(ipv4Tcp(kClient, kServer, 40000, 80, {tcpf::kSyn, 900000, 0}), t + seconds(1));
+  const auto v =
+      feed(ipv4Tcp(kClient, kServer, 40000, 80, {tcpf::kSyn, 900000, 0}), t + seconds(1));
   EXPECT_EQ(v.state, CtState::kNew);
   ASSERT_EQ(log_.events.size(), 2u);
   EXPECT_EQ(log_.events[0].type, EventType::kDestroy);
@@ -254,8 +255,8 @@ TEST_F(TrackerTest, BatchGivesTheSameResultsAsOneByOne) {
   for (uint16_t i = 0; i < 50; ++i) {
     pkts.push_back(ipv4Udp(kClient, kServer, static_cast<uint16_t>(6000 + i % 20), 53));
     pkts.push_back(ipv4Udp(kServer, kClient, 53, static_cast<uint16_t>(6000 + i % 20)));
-    pkts.push_back(ipv4Tcp(kClient, kServer, static_cast<uint16_t>(7000 + i), 80,
-                           {tcpf::kSyn, 100u * i, 0}));
+    pkts.push_back(
+        ipv4Tcp(kClient, kServer, static_cast<uint16_t>(7000 + i), 80, {tcpf::kSyn, 100u * i, 0}));
   }
   pkts.push_back(std::vector<uint8_t>(3, 0));
   Tracker single(TrackerSettings{}, 9);
