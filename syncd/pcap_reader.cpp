@@ -31,49 +31,51 @@ std::optional<size_t> afterEthertype(const uint8_t* data, size_t len, size_t typ
 
 }  // namespace
 
-bool supportedLinkType(int linkType) {
+namespace {
+
+// Where the IP header starts in a frame of this link type (for SLL2: where the protocol is
+// too); empty for link types we do not read.
+struct Layout {
+  size_t typeOffset;  // offset of the EtherType-style protocol field, or kNoType
+  size_t ipOffset;    // for link types without such a field
+};
+constexpr size_t kNoType = ~size_t{0};
+
+std::optional<Layout> layoutOf(int linkType) {
   switch (linkType) {
     case DLT_EN10MB:
+      return Layout{12, 0};
     case DLT_RAW:
-    case 101:
-    case 14:
-    case 228:
-    case 229:
-    case DLT_LINUX_SLL:
-    case 276:
+    case 14:   // DLT_RAW on OpenBSD
+    case 228:  // LINKTYPE_IPV4
+    case 229:  // LINKTYPE_IPV6
+      return Layout{kNoType, 0};
+    case DLT_LINUX_SLL:  // 16-byte header, protocol at 14
+      return Layout{14, 0};
+    case 276:  // LINKTYPE_LINUX_SLL2: protocol at 0, 20-byte header
+      return Layout{kNoType, 20};
     case DLT_NULL:
     case DLT_LOOP:
-      return true;
+      return Layout{kNoType, 4};
     default:
-      return false;
+      return std::nullopt;
   }
 }
 
+}  // namespace
+
+bool supportedLinkType(int linkType) { return layoutOf(linkType).has_value(); }
+
 std::optional<std::pair<size_t, size_t>> locateIp(int linkType, const uint8_t* data, size_t len) {
+  const auto layout = layoutOf(linkType);
+  if (!layout) return std::nullopt;
   std::optional<size_t> off;
-  switch (linkType) {
-    case DLT_EN10MB:
-      off = afterEthertype(data, len, 12);
-      break;
-    case DLT_RAW:
-    case 101:  // LINKTYPE_RAW
-    case 14:
-    case 228:  // LINKTYPE_IPV4
-    case 229:  // LINKTYPE_IPV6
-      off = 0;
-      break;
-    case DLT_LINUX_SLL:  // 16-byte header, protocol at 14
-      off = afterEthertype(data, len, 14);
-      break;
-    case 276:  // LINKTYPE_LINUX_SLL2: protocol at 0, 20-byte header
-      if (len >= 20 && isIpEthertype(be16(data))) off = 20;
-      break;
-    case DLT_NULL:
-    case DLT_LOOP:
-      if (len >= 4) off = 4;
-      break;
-    default:
-      return std::nullopt;
+  if (layout->typeOffset != kNoType) {
+    off = afterEthertype(data, len, layout->typeOffset);
+  } else if (linkType == 276) {
+    if (len >= 20 && isIpEthertype(be16(data))) off = layout->ipOffset;
+  } else {
+    off = layout->ipOffset;
   }
   if (!off || *off >= len) return std::nullopt;
   const uint8_t version = data[*off] >> 4;

@@ -1,6 +1,8 @@
 #include "syncd/replay.hpp"
 
 #include <algorithm>
+#include <new>
+#include <optional>
 #include <ostream>
 #include <vector>
 
@@ -58,9 +60,16 @@ int runReplay(const ReplayOptions& options, std::ostream& out, std::ostream& err
 
   table::FormatOptions fmt;
   fmt.counters = options.counters;
-  // Replay output does not depend on the hash seed (the table is printed sorted), so a fixed
-  // seed keeps runs reproducible.
-  table::Tracker tracker(settings, 0x6374737973796e63ull);
+  // A fixed seed keeps runs reproducible (eviction picks victims by hash position).
+  std::optional<table::Tracker> made;
+  try {
+    made.emplace(settings, 0x6374737973796e63ull);
+  } catch (const std::bad_alloc&) {
+    err << "ctsyncd: cannot reserve memory for a table of " << settings.table.maxEntries
+        << " entries; lower [tracker] max (or buckets)\n";
+    return 2;
+  }
+  table::Tracker& tracker = *made;
   PrintingSink sink(out, options.json, fmt);
   if (options.events) tracker.setEventSink(&sink);
 

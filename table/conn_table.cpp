@@ -1,6 +1,7 @@
 #include "table/conn_table.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -219,8 +220,9 @@ void ConnTable::fire(EventType type, uint32_t mask, uint32_t idx, Nanos now) {
 void ConnTable::confirm(uint32_t idx, Nanos timeout, Nanos now) {
   Entry& e = entries_[idx];
   e.status |= status::kConfirmed;
-  e.expiry = now + scaled(timeout);
-  announce(e, scaled(timeout));
+  const Nanos t = scaled(timeout);
+  e.expiry = now + t;
+  announce(e, t);
   if (!wheelStarted_) {
     wheelStarted_ = true;
     cursorTick_ = tickOf(now);
@@ -274,12 +276,17 @@ void ConnTable::announce(Entry& e, Nanos timeout) const {
 }
 
 void ConnTable::destroy(uint32_t idx, Nanos now) {
-  entries_[idx].status |= status::kDying;
-  fire(EventType::kDestroy, ev::kDestroy, idx, now);
-  unlink(idx);
   wheelRemove(idx);
-  --count_;
+  destroyDetached(idx, now);
   ++counters_.deleted;
+}
+
+// DESTROY for an entry no longer in the wheel, then unindex and free it.
+void ConnTable::destroyDetached(uint32_t idx, Nanos when) {
+  entries_[idx].status |= status::kDying;
+  fire(EventType::kDestroy, ev::kDestroy, idx, when);
+  unlink(idx);
+  --count_;
   release(idx);
 }
 
@@ -315,14 +322,8 @@ void ConnTable::processSlot(uint32_t slot, Nanos now) {
   uint32_t n = wheel_[slot];
   wheel_[slot] = kNil;
   while (n != kNil) {
-    EntryMeta& m = metas_[n];
-    const uint32_t next = m.wheelNext;
-    m.wheelNext = m.wheelPrev = kNil;
-    if (entries_[n].expiry <= now) {
-      dueScratch_.push_back(n);
-    } else {
-      wheelInsert(n);
-    }
+    const uint32_t next = metas_[n].wheelNext;
+    fileOrDue(n, now);
     n = next;
   }
 }
@@ -357,13 +358,8 @@ void ConnTable::expire(Nanos now) {
                                                       : a < b;
     });
     for (uint32_t idx : dueScratch_) {
-      Entry& e = entries_[idx];
-      e.status |= status::kDying;
-      fire(EventType::kDestroy, ev::kDestroy, idx, e.expiry);
-      unlink(idx);
-      --count_;
+      destroyDetached(idx, entries_[idx].expiry);
       ++counters_.expired;
-      release(idx);
     }
     dueScratch_.clear();
   }
@@ -382,13 +378,16 @@ void ConnTable::expireAll(Nanos now) {
   }
   cursorTick_ = tickOf(now);
   currentMin_ = kNever;
-  for (uint32_t idx : live) {
-    metas_[idx].wheelNext = metas_[idx].wheelPrev = kNil;
-    if (entries_[idx].expiry <= now) {
-      dueScratch_.push_back(idx);
-    } else {
-      wheelInsert(idx);
-    }
+  for (uint32_t idx : live) fileOrDue(idx, now);
+}
+
+// For an entry taken off the wheel: due now, or filed again where its expiry belongs.
+void ConnTable::fileOrDue(uint32_t idx, Nanos now) {
+  metas_[idx].wheelNext = metas_[idx].wheelPrev = kNil;
+  if (entries_[idx].expiry <= now) {
+    dueScratch_.push_back(idx);
+  } else {
+    wheelInsert(idx);
   }
 }
 
@@ -405,19 +404,28 @@ bool ConnTable::evict(uint64_t origHash, Nanos now) {
                                                        : evictClosingFirst(origHash, now);
 }
 
+// Entries that an eviction or the garbage collector may take: any entry under the kernel's
+// policy; under closing-first only those past their minimum lifetime.
+bool ConnTable::oldEnough(uint32_t idx, Nanos now) const {
+  return settings_.eviction == EvictionPolicy::kKernel ||
+         now - metas_[idx].start >= settings_.minLifetime;
+}
+
 bool ConnTable::evictKernel(uint64_t origHash, Nanos now) {
-  std::vector<uint32_t> victims;
-  for (uint32_t i = 0; i < std::min(kEvictionLines, lineMask_ + 1) && victims.empty(); ++i) {
+  // One line holds at most kSlots nodes, so at most kSlots distinct entries.
+  std::array<uint32_t, HashLine::kSlots> victims;
+  size_t count = 0;
+  for (uint32_t i = 0; i < std::min(kEvictionLines, lineMask_ + 1) && count == 0; ++i) {
     forLines(origHash + i, 1, [&](uint32_t idx) {
-      const Entry& e = entries_[idx];
-      if ((e.status & (status::kAssured | status::kDying)) != 0) return;
-      if (std::find(victims.begin(), victims.end(), idx) == victims.end()) victims.push_back(idx);
+      if ((entries_[idx].status & status::kAssured) != 0) return;
+      if (std::find(victims.begin(), victims.begin() + count, idx) == victims.begin() + count) {
+        victims[count++] = idx;
+      }
     });
   }
-  if (victims.empty()) return false;
-  for (uint32_t idx : victims) destroy(idx, now);
-  counters_.earlyDropped += victims.size();
-  return true;
+  for (size_t i = 0; i < count; ++i) destroy(victims[i], now);
+  counters_.earlyDropped += count;
+  return count != 0;
 }
 
 bool ConnTable::evictClosingFirst(uint64_t origHash, Nanos now) {
@@ -425,12 +433,11 @@ bool ConnTable::evictClosingFirst(uint64_t origHash, Nanos now) {
   uint32_t unassured = kNil;
   forLines(origHash, kSmartEvictionLines, [&](uint32_t idx) {
     const Entry& e = entries_[idx];
-    const Nanos start = metas_[idx].start;
-    if ((e.status & status::kDying) != 0 || now - start < settings_.minLifetime) return;
+    if (!oldEnough(idx, now)) return;
     if (e.l4 == proto::kTcp && tcpCanEarlyDrop(e.tcp)) {
       if (closing == kNil || e.expiry < entries_[closing].expiry) closing = idx;
     } else if ((e.status & status::kAssured) == 0) {
-      if (unassured == kNil || start < metas_[unassured].start) unassured = idx;
+      if (unassured == kNil || metas_[idx].start < metas_[unassured].start) unassured = idx;
     }
   });
   const uint32_t victim = closing != kNil ? closing : unassured;
@@ -440,22 +447,26 @@ bool ConnTable::evictClosingFirst(uint64_t origHash, Nanos now) {
   return true;
 }
 
-// As the kernel's gc_worker once the table is 95 % full: drop what early_drop could drop and
-// TCP flows that are closing, a few buckets per expiry step.
+// As the kernel's gc_worker once the table is 95 % full: drop what early drop could drop and
+// TCP flows that are closing, a few lines per expiry step that advanced the wheel. Under
+// closing-first the minimum lifetime holds here too.
 void ConnTable::gcStep(Nanos now) {
   if (uint64_t{count_} * 100 < uint64_t{settings_.maxEntries} * 95) return;
-  std::vector<uint32_t> doomed;
+  std::array<uint32_t, kGcLinesPerStep * HashLine::kSlots> doomed;
+  size_t count = 0;
   const uint32_t steps = std::min(kGcLinesPerStep, lineMask_ + 1);
   forLines(gcLine_, steps, [&](uint32_t idx) {
     const Entry& e = entries_[idx];
-    if ((e.status & status::kDying) != 0) return;
+    if (!oldEnough(idx, now)) return;
     if ((e.status & status::kAssured) == 0 || (e.l4 == proto::kTcp && tcpCanEarlyDrop(e.tcp))) {
-      if (std::find(doomed.begin(), doomed.end(), idx) == doomed.end()) doomed.push_back(idx);
+      if (std::find(doomed.begin(), doomed.begin() + count, idx) == doomed.begin() + count) {
+        doomed[count++] = idx;
+      }
     }
   });
   gcLine_ = (gcLine_ + steps) & lineMask_;
-  for (uint32_t idx : doomed) destroy(idx, now);
-  counters_.gcDropped += doomed.size();
+  for (size_t i = 0; i < count; ++i) destroy(doomed[i], now);
+  counters_.gcDropped += count;
 }
 
 // --- side stores ---------------------------------------------------------------------------

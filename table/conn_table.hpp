@@ -77,7 +77,7 @@ class EventSink {
 struct TableCounters {
   uint64_t inserted = 0;
   uint64_t expired = 0;
-  uint64_t deleted = 0;
+  uint64_t deleted = 0;          // removed before their time (destroy(): kills, evictions, GC)
   uint64_t earlyDropped = 0;  // entries evicted to make room
   uint64_t insertFailed = 0;  // table full and nothing evictable
   uint64_t gcDropped = 0;     // dropped by the 95 % garbage collector
@@ -187,7 +187,7 @@ class ConnTable {
 
   uint32_t size() const { return count_; }
   uint32_t capacity() const { return settings_.maxEntries; }
-  uint32_t hashSlots() const { return (lineMask_ + 1) * HashLine::kSlots; }
+  uint64_t hashSlots() const { return uint64_t{lineMask_ + 1} * HashLine::kSlots; }
   const TableCounters& counters() const { return counters_; }
   const TableSettings& settings() const { return settings_; }
   // Bytes held for entries, buckets and the IPv6 pool (for the memory benchmark).
@@ -234,7 +234,8 @@ class ConnTable {
     const auto t = static_cast<uint16_t>(hash >> 48);
     return t == 0 ? 1 : t;  // 0 marks a free slot
   }
-  // Calls f(index) once for each entry with a node in lines [first, first + count).
+  // Calls f(index) for each node in lines [first, first + count): an entry whose two nodes
+  // both lie there comes twice.
   template <typename F>
   void forLines(uint64_t first, uint32_t count, F&& f) const {
     count = std::min(count, lineMask_ + 1);
@@ -272,6 +273,9 @@ class ConnTable {
   void wheelRemove(uint32_t index);
   void processSlot(uint32_t slot, Nanos now);
   void expireAll(Nanos now);
+  void fileOrDue(uint32_t index, Nanos now);
+  void destroyDetached(uint32_t index, Nanos when);
+  bool oldEnough(uint32_t index, Nanos now) const;
 
   TableSettings settings_;
   uint64_t seed_[2];

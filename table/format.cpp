@@ -2,6 +2,7 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <optional>
 
 namespace ctsync::table {
 namespace {
@@ -38,35 +39,19 @@ void appendCounters(std::string& out, const Entry& e, int dir) {
   appendf(out, "packets=%" PRIu64 " bytes=%" PRIu64 " ", e.packets[dir], e.bytes[dir]);
 }
 
-enum class Kind { kList, kNew, kUpdate, kDestroy, kRefresh };
-
-std::string format(Kind kind, uint32_t mask, const ConnTable& table, uint32_t idx, Nanos now,
-                   const FormatOptions& options) {
+// `event` empty: a table line.
+std::string format(std::optional<EventType> event, uint32_t mask, const ConnTable& table,
+                   uint32_t idx, Nanos now, const FormatOptions& options) {
   const Entry& e = table.entry(idx);
   std::string out;
   out.reserve(256);
-  switch (kind) {
-    case Kind::kNew:
-      out += "    [NEW] ";
-      break;
-    case Kind::kUpdate:
-      out += " [UPDATE] ";
-      break;
-    case Kind::kDestroy:
-      out += "[DESTROY] ";
-      break;
-    case Kind::kRefresh:
-      out += "[REFRESH] ";
-      break;
-    case Kind::kList:
-      break;
-  }
+  if (event) appendf(out, "%9s ", (std::string("[") + eventTypeName(*event) + "]").c_str());
   appendf(out, "%-8s %u ", e.l3 == L3::kIpv4 ? "ipv4" : "ipv6", static_cast<unsigned>(e.l3));
   appendf(out, "%-8s %u ", l4ProtoName(e.l4), static_cast<unsigned>(e.l4));
   // A destroyed entry carries its timeout only while it had time left (ctnetlink skips zero).
   const int64_t left = remainingSeconds(e, now);
-  if (kind != Kind::kDestroy || left > 0) appendf(out, "%" PRId64 " ", left);
-  const bool protoinfo = kind != Kind::kUpdate || (mask & ev::kProtoinfo) != 0;
+  if (event != EventType::kDestroy || left > 0) appendf(out, "%" PRId64 " ", left);
+  const bool protoinfo = event != EventType::kUpdate || (mask & ev::kProtoinfo) != 0;
   if (e.l4 == proto::kTcp && protoinfo) {
     out += tcpStateName(e.tcp.state);
     out += ' ';
@@ -79,9 +64,9 @@ std::string format(Kind kind, uint32_t mask, const ConnTable& table, uint32_t id
   if (e.status & status::kAssured) out += "[ASSURED] ";
   // Dumps always carry the mark; events only when it is set or changed.
   const uint32_t mark = table.meta(idx).mark;
-  if (kind == Kind::kList || mark != 0 || (mask & ev::kMark) != 0) appendf(out, "mark=%u ", mark);
+  if (!event || mark != 0 || (mask & ev::kMark) != 0) appendf(out, "mark=%u ", mark);
   if (e.zone != 0) appendf(out, "zone=%u ", e.zone);
-  if (kind == Kind::kList) out += "use=1 ";
+  if (!event) out += "use=1 ";
   while (!out.empty() && out.back() == ' ') out.pop_back();
   return out;
 }
@@ -127,27 +112,12 @@ const char* l4ProtoName(uint8_t l4) {
 
 std::string formatEntry(const ConnTable& table, uint32_t index, Nanos now,
                         const FormatOptions& options) {
-  return format(Kind::kList, 0, table, index, now, options);
+  return format(std::nullopt, 0, table, index, now, options);
 }
 
 std::string formatEvent(EventType type, uint32_t mask, const ConnTable& table, uint32_t index,
                         Nanos now, const FormatOptions& options) {
-  Kind k = Kind::kNew;
-  switch (type) {
-    case EventType::kNew:
-      k = Kind::kNew;
-      break;
-    case EventType::kUpdate:
-      k = Kind::kUpdate;
-      break;
-    case EventType::kDestroy:
-      k = Kind::kDestroy;
-      break;
-    case EventType::kRefresh:
-      k = Kind::kRefresh;
-      break;
-  }
-  return format(k, mask, table, index, now, options);
+  return format(type, mask, table, index, now, options);
 }
 
 namespace {

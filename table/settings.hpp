@@ -76,7 +76,7 @@ struct TableSettings {
   uint8_t adaptiveEnd = 0;
   // REFRESH events: an entry's expiry is announced again once it moved more than this share
   // (in percent) of the entry's timeout past what was last announced (checked in ~1.07 s
-  // steps). Since the
+  // steps). Only later expiries are announced: when a flow dies sooner, its DESTROY tells. Since the
   // announced expiry is always ahead of the moving threshold, a replica that ages entries from
   // the last announcement never expires a flow that is still alive. 0 = no REFRESH events.
   uint8_t refreshPercent = 50;

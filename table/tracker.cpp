@@ -1,6 +1,7 @@
 #include "table/tracker.hpp"
 
 #include <algorithm>
+#include <cassert>
 
 #include "table/tcp.hpp"
 
@@ -51,7 +52,8 @@ void Tracker::processBatch(std::span<const RawPacket> pkts, Nanos now, std::span
   // packets after it.
   constexpr size_t kStage = 10;
   static_assert(2 * kStage < kMaxBatch);
-  const size_t n = pkts.size();
+  assert(out.size() >= pkts.size() && "processBatch: one verdict per packet");
+  const size_t n = std::min(pkts.size(), out.size());
   auto hashable = [](const ParseResult& r) {
     return r.kind == ParseKind::kPacket && !r.packet.icmpError;
   };
@@ -157,7 +159,11 @@ Verdict Tracker::create(const Packet& p, uint64_t hash, Nanos now, uint16_t zone
 Verdict Tracker::update(const Packet& p, ConnTable::Hit hit, uint64_t hash, Nanos now,
                         uint16_t zone) {
   Entry& e = table_.entry(hit.index);
-  const uint32_t before = e.status;
+  // ctinfo as the kernel assigns it before tracking: NEW until a reply has been seen.
+  Verdict v;
+  v.state = hit.dir == Dir::kReply || (e.status & status::kSeenReply) ? CtState::kEstablished
+                                                                      : CtState::kNew;
+  v.dir = hit.dir;
   const L4Outcome o = l4Packet(hit.index, hit.dir, p, now);
   const int d = index(hit.dir);
   switch (o.kind) {
@@ -171,11 +177,7 @@ Verdict Tracker::update(const Packet& p, ConnTable::Hit hit, uint64_t hash, Nano
       ++e.packets[d];
       e.bytes[d] += p.ipLen;
       table_.destroy(hit.index, now);
-      Verdict v;
-      v.state = hit.dir == Dir::kReply || (before & status::kSeenReply) ? CtState::kEstablished
-                                                                        : CtState::kNew;
-      v.dir = hit.dir;
-      return v;
+      return v;  // no entry left to attach
     }
     case L4Outcome::Kind::kAccept:
       break;
@@ -189,10 +191,6 @@ Verdict Tracker::update(const Packet& p, ConnTable::Hit hit, uint64_t hash, Nano
   e.bytes[d] += p.ipLen;
   if (o.refresh) table_.setTimeout(hit.index, o.timeout, now, /*quiet=*/mask != 0);
   if (mask != 0) table_.notify(hit.index, mask, now);
-  Verdict v;
-  v.state = hit.dir == Dir::kReply || (before & status::kSeenReply) ? CtState::kEstablished
-                                                                    : CtState::kNew;
-  v.dir = hit.dir;
   v.index = hit.index;
   return v;
 }

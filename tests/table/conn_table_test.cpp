@@ -267,6 +267,26 @@ TEST_F(ConnTableTest, ClosingFirstPolicyPrefersClosingTcpThenOldUnassured) {
   EXPECT_TRUE(present(1));
 }
 
+TEST_F(ConnTableTest, GarbageCollectorAt95PercentRespectsThePolicy) {
+  TableSettings s;
+  s.maxEntries = 20;
+  s.buckets = 1;  // the smallest index: 8 lines, which one GC step covers
+  make(s);        // kernel policy: non-assured entries go once the table is 95 % full
+  for (uint16_t i = 0; i < 20; ++i) add(static_cast<uint16_t>(i + 1), seconds(100));
+  table_->expire(kT0 + seconds(1));
+  EXPECT_EQ(table_->size(), 0u);
+  EXPECT_EQ(table_->counters().gcDropped, 20u);
+
+  s.eviction = EvictionPolicy::kClosingFirst;
+  s.minLifetime = seconds(60);
+  make(s);
+  for (uint16_t i = 0; i < 20; ++i) add(static_cast<uint16_t>(i + 1), seconds(100));
+  table_->expire(kT0 + seconds(1));
+  EXPECT_EQ(table_->size(), 20u) << "younger than min_lifetime: kept";
+  table_->expire(kT0 + seconds(61));
+  EXPECT_EQ(table_->size(), 0u);
+}
+
 TEST_F(ConnTableTest, AdaptiveTimeoutsShrinkAsTheTableFills) {
   TableSettings s;
   s.maxEntries = 10;
