@@ -11,6 +11,9 @@ packages=(
   libtomlplusplus-dev
   libgtest-dev
   libpcap-dev
+  libsodium-dev
+  # the datagram decoder's fuzzer (libFuzzer with ASan/UBSan)
+  clang-14 libclang-rt-14-dev
   # differential tests against the kernel: namespaces, replay, conntrack, packet crafting
   iproute2 nftables conntrack tcpreplay ethtool python3 python3-scapy
 )

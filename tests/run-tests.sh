@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, builds ctsync twice (sanitizers, then
-# optimised with warnings as errors) and runs every test: unit tests under ASan/UBSan, then the
-# whole suite including the differential tests against this machine's kernel conntrack.
+# optimised with warnings as errors) and runs every test: unit tests under ASan/UBSan, a
+# 30-second fuzz of the sync datagram decoder, then the whole suite including the differential
+# tests against this machine's kernel conntrack.
 # Needs root (packages, network namespaces). Ends with ctest's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,9 @@ cmake -S "$root" -B "$root/build-asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
 cmake --build "$root/build-asan" -j "$jobs"
 echo "== unit tests under sanitizers"
 (cd "$root/build-asan" && ctest --output-on-failure -j "$jobs" -L unit)
+
+echo "== datagram decoder fuzzer (libFuzzer, ASan/UBSan), bounded run"
+"$root/tests/replication/run_fuzz.sh" 30
 
 echo "== optimised build, warnings as errors"
 cmake -S "$root" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -1,0 +1,651 @@
+#include "replication/codec.hpp"
+
+#include <capnp/message.h>
+#include <capnp/serialize-packed.h>
+#include <capnp/serialize.h>
+#include <gtest/gtest.h>
+#include <kj/io.h>
+
+#include <cstdio>
+#include <functional>
+#include <random>
+
+#include "table/tcp.hpp"
+#include "table/types.hpp"
+#include "wire.capnp.h"
+
+namespace ctsync::replication {
+namespace {
+
+using table::Addr;
+using table::L3;
+using table::Tuple;
+
+constexpr size_t kMtuPayload = 1472;  // 1500 - IPv4 - UDP, before auth
+
+Tuple tcp4(uint32_t src, uint32_t dst, uint16_t sport, uint16_t dport) {
+  Tuple t;
+  t.l3 = L3::kIpv4;
+  t.l4 = table::proto::kTcp;
+  t.src = Addr::v4(src);
+  t.dst = Addr::v4(dst);
+  t.sport = sport;
+  t.dport = dport;
+  return t;
+}
+
+Addr v6(uint64_t hi, uint64_t lo) {
+  Addr a;
+  for (int i = 0; i < 8; ++i) {
+    a.bytes[static_cast<size_t>(i)] = static_cast<uint8_t>(hi >> (56 - 8 * i));
+    a.bytes[static_cast<size_t>(8 + i)] = static_cast<uint8_t>(lo >> (56 - 8 * i));
+  }
+  return a;
+}
+
+Tuple tcp6(Addr src, Addr dst, uint16_t sport, uint16_t dport) {
+  Tuple t;
+  t.l3 = L3::kIpv6;
+  t.l4 = table::proto::kTcp;
+  t.src = src;
+  t.dst = dst;
+  t.sport = sport;
+  t.dport = dport;
+  return t;
+}
+
+Tuple inverted(const Tuple& t) {
+  return *table::invertTuple(t);
+}
+
+FlowRecord tcpFlow(const Tuple& orig, const Tuple& reply) {
+  FlowRecord f;
+  f.key.orig = orig;
+  f.reply = reply;
+  f.status = table::status::kSeenReply | table::status::kAssured | table::status::kConfirmed;
+  f.tcpState = static_cast<uint8_t>(table::TcpState::kEstablished);
+  f.tcpFlags[0] = table::tcpflag::kWindowScale | table::tcpflag::kSackPerm;
+  f.tcpFlags[1] = table::tcpflag::kWindowScale | table::tcpflag::kMaxackSet;
+  f.tcpScale[0] = 7;
+  f.tcpScale[1] = 9;
+  f.timeoutSec = 431'999;
+  f.version = Version{3, (uint64_t{1'732'000'000'123} << 16) | 5, 2};
+  return f;
+}
+
+// SNAT to 203.0.113.9:40000.
+FlowRecord snatFlow() {
+  const Tuple orig = tcp4(0x0a000105, 0x5db8d822, 51234, 443);
+  Tuple reply = inverted(orig);
+  reply.dst = Addr::v4(0xcb007109);
+  reply.dport = 40000;
+  FlowRecord f = tcpFlow(orig, reply);
+  f.status |= table::status::kSrcNat | table::status::kSrcNatDone;
+  return f;
+}
+
+Header header() {
+  return Header{kProtocolVersion, 0xc1a57e5u, 2, 0x1122334455667788ull, 77};
+}
+
+std::vector<uint8_t> encodeOne(const std::vector<Record>& records, const Header& h = header(),
+                               size_t maxBytes = kMtuPayload) {
+  DatagramBuilder b(maxBytes);
+  for (const Record& r : records) EXPECT_TRUE(b.add(r));
+  EXPECT_EQ(b.size(), records.size());
+  auto bytes = b.finish(h);
+  EXPECT_TRUE(b.empty());
+  EXPECT_LE(bytes.size(), maxBytes);
+  return bytes;
+}
+
+Decoded decodeOk(const std::vector<uint8_t>& bytes) {
+  auto d = decode(bytes);
+  if (const auto* e = std::get_if<DecodeError>(&d)) {
+    ADD_FAILURE() << "decode failed: " << decodeErrorName(*e);
+    return {};
+  }
+  return std::get<Decoded>(std::move(d));
+}
+
+void expectRoundTrip(const std::vector<Record>& records) {
+  const Decoded d = decodeOk(encodeOne(records));
+  EXPECT_EQ(d.header, header());
+  ASSERT_EQ(d.records.size(), records.size());
+  for (size_t i = 0; i < records.size(); ++i) EXPECT_EQ(d.records[i], records[i]) << "record " << i;
+}
+
+void expectFlowRoundTrip(const FlowRecord& f) {
+  const Decoded d = decodeOk(encodeOne({f}));
+  ASSERT_EQ(d.records.size(), 1u);
+  const auto* g = std::get_if<FlowRecord>(&d.records[0]);
+  ASSERT_NE(g, nullptr);
+  // Field by field, so a failure says which.
+  EXPECT_EQ(g->key.orig, f.key.orig);
+  EXPECT_EQ(g->key.zone, f.key.zone);
+  EXPECT_EQ(g->reply, f.reply);
+  EXPECT_EQ(g->status, f.status);
+  EXPECT_EQ(g->tcpState, f.tcpState);
+  EXPECT_EQ(g->tcpFlags[0], f.tcpFlags[0]);
+  EXPECT_EQ(g->tcpFlags[1], f.tcpFlags[1]);
+  EXPECT_EQ(g->tcpScale[0], f.tcpScale[0]);
+  EXPECT_EQ(g->tcpScale[1], f.tcpScale[1]);
+  EXPECT_EQ(g->timeoutSec, f.timeoutSec);
+  EXPECT_EQ(g->mark, f.mark);
+  EXPECT_EQ(g->labels, f.labels);
+  EXPECT_EQ(g->helper, f.helper);
+  EXPECT_EQ(g->master, f.master);
+  EXPECT_EQ(g->version, f.version);
+  EXPECT_EQ(*g, f);
+}
+
+TEST(CodecTest, Ipv4FlowWithoutNat) {
+  const Tuple orig = tcp4(0x0a000105, 0x5db8d822, 51234, 443);
+  expectFlowRoundTrip(tcpFlow(orig, inverted(orig)));
+}
+
+TEST(CodecTest, Ipv4FlowSnatDnatAndBoth) {
+  expectFlowRoundTrip(snatFlow());
+  const Tuple orig = tcp4(0x08080808, 0xcb007109, 40001, 80);
+  Tuple dnat = inverted(orig);
+  dnat.src = Addr::v4(0xc0a80a0a);
+  dnat.sport = 8080;
+  expectFlowRoundTrip(tcpFlow(orig, dnat));
+  Tuple both = dnat;
+  both.dst = Addr::v4(0x0a0a0a0a);
+  both.dport = 1;
+  expectFlowRoundTrip(tcpFlow(orig, both));
+}
+
+TEST(CodecTest, Ipv4FlowAllFieldsSet) {
+  FlowRecord f = snatFlow();
+  f.key.zone = 65535;
+  f.mark = 0xdeadbeef;
+  for (size_t i = 0; i < 16; ++i) f.labels[i] = static_cast<uint8_t>(i * 17 + 1);
+  f.helper = 1;
+  f.master = tcp4(0x0a000105, 0x5db8d822, 40000, 21);
+  f.status = 0xffffffff;
+  f.version = Version{0xffffffff, ~uint64_t{0}, 0xffff};
+  f.timeoutSec = 0xffffffff;
+  expectFlowRoundTrip(f);
+  f.labels = {};
+  f.labels[15] = 0x80;  // only the last label bit
+  expectFlowRoundTrip(f);
+}
+
+TEST(CodecTest, Ipv6FlowsWithAndWithoutNatAndMaster) {
+  const Addr a = v6(0x20010db800000001ull, 0x0000000000000042ull);
+  const Addr b = v6(0x2a0014500400080cull, 0x000000000000200eull);
+  const Tuple orig = tcp6(a, b, 50000, 443);
+  expectFlowRoundTrip(tcpFlow(orig, inverted(orig)));
+  Tuple nat = inverted(orig);
+  nat.dst = v6(0x20010db8ffff0000ull, 0x1ull);  // NPTv6-like rewrite
+  nat.dport = 61000;
+  FlowRecord f = tcpFlow(orig, nat);
+  f.master = tcp6(a, b, 50001, 21);
+  f.helper = 1;
+  f.labels[0] = 1;
+  expectFlowRoundTrip(f);
+  // An IPv4 flow with an IPv6 master is nonsense for conntrack, but must not be lost.
+  FlowRecord g = snatFlow();
+  g.master = orig;
+  expectFlowRoundTrip(g);
+}
+
+TEST(CodecTest, NonTcpFlows) {
+  Tuple udp = tcp4(0x0a000001, 0x08080808, 5353, 53);
+  udp.l4 = table::proto::kUdp;
+  FlowRecord f = tcpFlow(udp, inverted(udp));
+  f.tcpState = 0;
+  f.tcpFlags[0] = f.tcpFlags[1] = f.tcpScale[0] = f.tcpScale[1] = 0;
+  f.timeoutSec = 30;
+  expectFlowRoundTrip(f);
+  // ICMP echo: the inverse changes the type (8 -> 0), so the reply costs nothing.
+  Tuple icmp = tcp4(0x0a000001, 0x08080808, 0x1234, 8 << 8);
+  icmp.l4 = table::proto::kIcmp;
+  f = tcpFlow(icmp, inverted(icmp));
+  f.tcpState = 0;
+  expectFlowRoundTrip(f);
+  // An ICMP type without inverse: the reply is carried against a plain swap.
+  icmp.dport = 3 << 8 | 1;
+  Tuple reply = icmp;
+  std::swap(reply.src, reply.dst);
+  f.key.orig = icmp;
+  f.reply = reply;
+  expectFlowRoundTrip(f);
+  // Generic protocol (GRE without helper): no ports.
+  Tuple gre = tcp4(0x0a000001, 0x0a000002, 0, 0);
+  gre.l4 = 47;
+  f = tcpFlow(gre, inverted(gre));
+  f.tcpState = 0;
+  expectFlowRoundTrip(f);
+}
+
+TEST(CodecTest, ReplyWithOtherFamilyOrProtocolIsCarriedWhole) {
+  FlowRecord f = snatFlow();
+  f.reply = Tuple{};  // a default reply, as a careless caller might leave it
+  expectFlowRoundTrip(f);
+  f.reply = tcp6(v6(1, 2), v6(3, 4), 5, 6);
+  expectFlowRoundTrip(f);
+  f.reply = inverted(f.key.orig);
+  f.reply.l4 = table::proto::kUdp;
+  expectFlowRoundTrip(f);
+}
+
+TEST(CodecTest, DeletesRoundTrip) {
+  FlowDelete d{FlowKey{tcp4(0x0a000105, 0x5db8d822, 51234, 443), 7}, Version{1, 99, 3}};
+  FlowDelete d6{FlowKey{tcp6(v6(~0ull, 1), v6(2, ~0ull), 1, 65535), 0},
+                Version{0, ~uint64_t{0}, 0xffff}};
+  expectRoundTrip({d, d6});
+}
+
+TEST(CodecTest, ControlRecordsRoundTrip) {
+  constexpr uint64_t kMax = ~uint64_t{0};
+  expectRoundTrip({
+      Ack{3, 0x1234567890abcdefull, 42},
+      Ack{0xffff, kMax, kMax},
+      Nack{4, 5, {{1, 1}, {7, 9}, {kMax - 1, kMax}}},
+      Nack{4, 5, {}},
+      Alive{kMax},
+      Alive{0},
+      ResyncRequest{9},
+      BulkBegin{0xffffffff},
+      BulkEnd{0xffffffff, kMax},
+      Digest{0, 0xffffffff, kMax, 123456},
+  });
+}
+
+TEST(CodecTest, MixedDatagramKeepsOrderAndVersionsAcrossWrap) {
+  // hlc deltas are taken to the first record, modulo 2^64: both directions across the wrap.
+  FlowRecord a = snatFlow();
+  a.version.hlc = 5;
+  FlowRecord b = snatFlow();
+  b.version.hlc = ~uint64_t{0} - 3;
+  b.version.node = 0x8001;
+  FlowDelete c{a.key, Version{0, uint64_t{1} << 63, 1}};
+  expectRoundTrip({Alive{3}, a, c, b, Ack{1, 2, 3}, a});
+}
+
+TEST(CodecTest, HeaderRoundTripsAndEmptyDatagram) {
+  const Header h{kProtocolVersion, 0xffffffff, 0xffff, ~uint64_t{0}, ~uint64_t{0}};
+  const Decoded d = decodeOk(encodeOne({}, h));
+  EXPECT_EQ(d.header, h);
+  EXPECT_TRUE(d.records.empty());
+}
+
+// ---- Size -------------------------------------------------------------------------------
+
+struct Realistic {
+  std::mt19937_64 rng;
+  uint64_t hlcNow = uint64_t{1'732'000'000'000} << 16;
+  uint64_t hlcSpread;  // how far back a record's version may be
+  std::vector<uint32_t> natPool;
+  std::vector<uint16_t> servicePorts{443, 443, 443, 80, 80, 22, 25, 993, 3389, 8443, 53, 123};
+
+  Realistic(uint64_t seed, uint64_t spreadMs) : rng(seed), hlcSpread(spreadMs << 16) {
+    for (int i = 0; i < 4; ++i) natPool.push_back(0xcb007100 + static_cast<uint32_t>(rng() % 250));
+  }
+  uint32_t u32(uint32_t lo, uint32_t hi) {
+    return lo + static_cast<uint32_t>(rng() % (uint64_t{hi} - lo + 1));
+  }
+
+  FlowRecord flow(bool nat) {
+    // Clients in a /16 behind the firewall, servers anywhere, ephemeral source ports.
+    const uint32_t client = 0x0a000000 | u32(1, 0xfffe);
+    const uint32_t server = u32(0x01000000, 0xdfffffff);
+    const auto sport = static_cast<uint16_t>(u32(32768, 60999));
+    const uint16_t dport = servicePorts[rng() % servicePorts.size()];
+    const Tuple orig = tcp4(client, server, sport, dport);
+    Tuple reply = inverted(orig);
+    FlowRecord f = tcpFlow(orig, reply);
+    if (nat) {  // SNAT / masquerade to a small pool, random port
+      f.reply.dst = Addr::v4(natPool[rng() % natPool.size()]);
+      f.reply.dport = static_cast<uint16_t>(u32(1024, 65535));
+      f.status |= table::status::kSrcNat | table::status::kSrcNatDone;
+    }
+    static constexpr table::TcpState kStates[] = {
+        table::TcpState::kEstablished, table::TcpState::kEstablished, table::TcpState::kEstablished,
+        table::TcpState::kSynRecv,     table::TcpState::kFinWait,     table::TcpState::kTimeWait,
+        table::TcpState::kCloseWait,   table::TcpState::kSynSent};
+    const auto state = kStates[rng() % std::size(kStates)];
+    f.tcpState = static_cast<uint8_t>(state);
+    f.timeoutSec = state == table::TcpState::kEstablished ? u32(1, 432000) : u32(1, 120);
+    f.tcpFlags[0] = static_cast<uint8_t>(rng() % 4 == 0 ? 0x03 : 0x23);
+    f.tcpFlags[1] = static_cast<uint8_t>(rng() % 4 == 0 ? 0x03 : 0x23);
+    f.tcpScale[0] = static_cast<uint8_t>(u32(0, 10));
+    f.tcpScale[1] = static_cast<uint8_t>(u32(0, 10));
+    f.version.generation = rng() % 20 == 0 ? 1 : 0;
+    f.version.hlc = hlcNow - rng() % (hlcSpread + 1);
+    f.version.node = 1;
+    hlcNow += rng() % (uint64_t{1} << 16);  // time moves on
+    return f;
+  }
+};
+
+struct FillResult {
+  double bytesPerRecord = 0;  // packed datagram size / records
+  double mtuPerRecord = 0;    // maxBytes / records: what the MTU buys
+};
+
+FillResult fillDatagrams(bool nat, uint64_t spreadMs, size_t maxBytes) {
+  Realistic gen(42 + spreadMs, spreadMs);
+  size_t bytes = 0;
+  size_t records = 0;
+  size_t datagrams = 0;
+  DatagramBuilder b(maxBytes);
+  Header h = header();
+  std::vector<Record> sent;
+  for (int d = 0; d < 200; ++d) {
+    sent.clear();
+    while (true) {
+      FlowRecord f = gen.flow(nat);
+      if (!b.add(f)) break;
+      sent.push_back(f);
+    }
+    h.seq++;
+    const auto dg = b.finish(h);
+    EXPECT_LE(dg.size(), maxBytes);
+    EXPECT_TRUE(b.empty());
+    const Decoded back = decodeOk(dg);
+    EXPECT_EQ(back.records, sent);
+    bytes += dg.size();
+    records += sent.size();
+    ++datagrams;
+  }
+  return FillResult{static_cast<double>(bytes) / static_cast<double>(records),
+                    static_cast<double>(maxBytes * datagrams) / static_cast<double>(records)};
+}
+
+TEST(CodecTest, FullDatagramOfIpv4TcpUpsertsIsSmall) {
+  struct Case {
+    const char* name;
+    bool nat;
+    uint64_t spreadMs;
+  };
+  for (const Case c : {Case{"live, NAT", true, 1000}, Case{"live, no NAT", false, 1000},
+                       Case{"bulk (versions up to 5 days old), NAT", true, 432'000'000}}) {
+    const FillResult r = fillDatagrams(c.nat, c.spreadMs, kMtuPayload);
+    std::printf("  %-40s %.2f bytes/upsert on the wire, %.2f of MTU per upsert (%zu)\n", c.name,
+                r.bytesPerRecord, r.mtuPerRecord, kMtuPayload);
+    EXPECT_LE(r.bytesPerRecord, 48.0) << c.name;
+    EXPECT_LE(r.mtuPerRecord, 48.0) << c.name;
+  }
+}
+
+TEST(CodecTest, BuilderNeverExceedsMaxBytesWithAnyMix) {
+  std::mt19937_64 rng(7);
+  Realistic gen(8, 1000);
+  auto anyRecord = [&]() -> Record {
+    switch (rng() % 10) {
+      case 0: {
+        FlowRecord f = gen.flow(true);
+        f.key.orig = tcp6(v6(rng(), rng()), v6(rng(), rng()), 1, 2);
+        f.reply = inverted(f.key.orig);
+        f.reply.dst = v6(rng(), rng());
+        if (rng() % 2) f.master = tcp6(v6(rng(), rng()), v6(rng(), rng()), 3, 4);
+        if (rng() % 2) f.labels.fill(0xff);
+        f.mark = static_cast<uint32_t>(rng());
+        return f;
+      }
+      case 1:
+        return FlowDelete{FlowKey{gen.flow(false).key.orig, 1}, Version{1, rng(), 2}};
+      case 2:
+        return Ack{1, rng(), rng()};
+      case 3: {
+        Nack n{2, rng(), {}};
+        for (size_t i = rng() % 12; i > 0; --i) n.missing.push_back({i, i + rng() % 1000});
+        return n;
+      }
+      case 4:
+        return Digest{static_cast<uint32_t>(rng()), ~0u, rng(), 5};
+      case 5:
+        return Alive{rng()};
+      default:
+        return gen.flow(rng() % 2);
+    }
+  };
+  for (const size_t maxBytes : {kMinDatagramBytes, size_t{512}, size_t{1232}, kMtuPayload,
+                                size_t{8952}, kMaxDatagramBytes}) {
+    DatagramBuilder b(maxBytes);
+    for (int d = 0; d < 60; ++d) {
+      std::vector<Record> sent;
+      while (true) {
+        Record r = anyRecord();
+        if (!b.add(r)) {
+          EXPECT_FALSE(b.empty()) << "a normal record did not fit an empty builder";
+          break;
+        }
+        sent.push_back(std::move(r));
+      }
+      Header h = header();
+      h.bootEpoch = rng();  // headers of every shape: the bound must hold for all
+      h.seq = rng() >> (rng() % 64);
+      h.clusterId = static_cast<uint32_t>(rng());
+      const auto dg = b.finish(h);
+      ASSERT_LE(dg.size(), maxBytes);
+      const Decoded back = decodeOk(dg);
+      EXPECT_EQ(back.header, h);
+      EXPECT_EQ(back.records, sent);
+    }
+  }
+}
+
+TEST(CodecTest, RecordTooLargeForAnyDatagramIsRefusedOnAnEmptyBuilder) {
+  DatagramBuilder b(kMinDatagramBytes);
+  Nack huge{1, 2, {}};
+  for (uint64_t i = 0; i < 1000; ++i) huge.missing.push_back({i * 0x10001, i * 0x10001 + 7});
+  EXPECT_FALSE(b.add(huge));
+  EXPECT_TRUE(b.empty());
+  // The largest flow record fits alone in the smallest datagram.
+  FlowRecord f = snatFlow();
+  f.key.orig = tcp6(v6(~0ull, ~0ull), v6(~0ull, ~0ull), 0xffff, 0xffff);
+  f.reply = tcp4(~0u, ~0u, 0xffff, 0xffff);  // carried whole
+  f.master = f.key.orig;
+  f.labels.fill(0xff);
+  f.mark = f.status = f.timeoutSec = ~0u;
+  f.key.zone = 0xffff;
+  f.helper = 0xff;
+  f.version = Version{~0u, 0x5555555555555555ull, 0xffff};
+  EXPECT_TRUE(b.add(f));
+  const auto dg = b.finish(header());
+  EXPECT_LE(dg.size(), kMinDatagramBytes);
+  EXPECT_EQ(decodeOk(dg).records, std::vector<Record>{f});
+  // After a small record (the version base), its clock delta is large too.
+  FlowDelete base{f.key, Version{0, 0xaaaaaaaaaaaaaaaaull, 0}};
+  EXPECT_TRUE(b.add(base));
+  EXPECT_TRUE(b.add(f));
+  EXPECT_EQ(decodeOk(b.finish(header())).records, (std::vector<Record>{base, f}));
+}
+
+// ---- Untrusted input ----------------------------------------------------------------------
+
+std::vector<uint8_t> sampleDatagram() {
+  FlowRecord f = snatFlow();
+  f.master = tcp4(1, 2, 3, 21);
+  f.labels[3] = 9;
+  FlowRecord g = snatFlow();
+  g.key.orig = tcp6(v6(1, 2), v6(3, 4), 5, 6);
+  g.reply = inverted(g.key.orig);
+  return encodeOne({f, g, Nack{1, 2, {{3, 4}}}, FlowDelete{f.key, f.version}, Alive{9}});
+}
+
+// Packs raw words the way a peer would (for hand-made messages).
+std::vector<uint8_t> packWords(kj::ArrayPtr<const capnp::word> words) {
+  kj::VectorOutputStream out;
+  kj::ArrayPtr<const capnp::word> segments[1] = {words};
+  capnp::writePackedMessage(out, kj::arrayPtr(segments, 1));
+  auto a = out.getArray();
+  return {a.begin(), a.end()};
+}
+
+std::vector<uint8_t> packMessage(capnp::MessageBuilder& msg) {
+  kj::VectorOutputStream out;
+  capnp::writePackedMessage(out, msg);
+  auto a = out.getArray();
+  return {a.begin(), a.end()};
+}
+
+DecodeError decodeErr(const std::vector<uint8_t>& bytes) {
+  auto d = decode(bytes);
+  EXPECT_TRUE(std::holds_alternative<DecodeError>(d));
+  return std::holds_alternative<DecodeError>(d) ? std::get<DecodeError>(d)
+                                                : DecodeError::kMalformed;
+}
+
+TEST(CodecTest, EmptyOversizedAndTruncatedInputsAreErrors) {
+  EXPECT_EQ(decodeErr({}), DecodeError::kTruncated);
+  EXPECT_EQ(decodeErr(std::vector<uint8_t>(kMaxDatagramBytes + 1, 0)), DecodeError::kTooLarge);
+  const auto good = sampleDatagram();
+  for (size_t n = 1; n < good.size(); ++n) {
+    std::vector<uint8_t> cut(good.begin(), good.begin() + static_cast<ptrdiff_t>(n));
+    const DecodeError e = decodeErr(cut);
+    EXPECT_TRUE(e == DecodeError::kTruncated || e == DecodeError::kMalformed)
+        << n << ": " << decodeErrorName(e);
+  }
+  std::vector<uint8_t> longer = good;
+  longer.insert(longer.end(), {0x01, 0x05});  // one more word after the message
+  EXPECT_EQ(decodeErr(longer), DecodeError::kMalformed);
+}
+
+TEST(CodecTest, ZeroRunBombIsTooLarge) {
+  std::vector<uint8_t> bomb;
+  for (int i = 0; i < 30000; ++i) bomb.insert(bomb.end(), {0x00, 0xff});  // 256 words each
+  EXPECT_EQ(decodeErr(bomb), DecodeError::kTooLarge);
+}
+
+TEST(CodecTest, VersionsAreChecked) {
+  Header h = header();
+  h.protocolVersion = 0x0101;  // another major version
+  EXPECT_EQ(decodeErr(encodeOne({Alive{1}}, h)), DecodeError::kUnknownVersion);
+  h.protocolVersion = 0;
+  EXPECT_EQ(decodeErr(encodeOne({Alive{1}}, h)), DecodeError::kUnknownVersion);
+  h.protocolVersion = kProtocolVersion + 1;  // newer minor: fine
+  EXPECT_EQ(decodeOk(encodeOne({Alive{1}}, h)).records, std::vector<Record>{Alive{1}});
+}
+
+// A message made by hand: one flow record that `mutate` spoils, under `version`.
+std::vector<uint8_t> handMade(uint16_t version,
+                              const std::function<void(wire::Record::Builder)>& mutate) {
+  capnp::MallocMessageBuilder msg;
+  auto dg = msg.initRoot<wire::Datagram>();
+  dg.setProtocolVersion(version);
+  auto recs = dg.initRecords(2);
+  recs[0].initAlive().setLastSeq(5);
+  auto f = recs[1].initFlow();
+  f.setL4(6);
+  f.setTcpState(3);
+  mutate(recs[1]);
+  return packMessage(msg);
+}
+
+TEST(CodecTest, OutOfRangeValuesAreBadRecords) {
+  const uint16_t v = kProtocolVersion;
+  EXPECT_EQ(decodeOk(handMade(v, [](auto) {})).records.size(), 2u);
+  EXPECT_EQ(decodeErr(handMade(v, [](auto r) { r.getFlow().setTcpState(200); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(
+      decodeErr(handMade(
+          v,
+          [](auto r) { r.getFlow().setTcpState(static_cast<uint8_t>(table::TcpState::kCount)); })),
+      DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMade(v, [](auto r) { r.getFlow().setTcpScaleReply(15); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMade(v,
+                               [](auto r) {
+                                 r.getFlow().setFamily(wire::Family::IPV6);  // without addresses
+                               })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMade(v,
+                               [](auto r) {
+                                 auto n = r.initNack();
+                                 auto m = n.initMissing(1);
+                                 m[0].setFirst(9);
+                                 m[0].setLast(8);
+                               })),
+            DecodeError::kBadRecord);
+  // An unknown address family: an error from a peer of our version, skipped from a newer one.
+  auto unknownFamily = [](auto r) { r.getFlow().setFamily(static_cast<wire::Family>(7)); };
+  EXPECT_EQ(decodeErr(handMade(v, unknownFamily)), DecodeError::kBadRecord);
+  EXPECT_EQ(decodeOk(handMade(v + 1, unknownFamily)).records, std::vector<Record>{Alive{5}});
+  auto unknownMaster = [](auto r) {
+    r.getFlow().initMaster().setFamily(static_cast<wire::Family>(2));
+  };
+  EXPECT_EQ(decodeErr(handMade(v, unknownMaster)), DecodeError::kBadRecord);
+}
+
+TEST(CodecTest, UnknownRecordKindIsSkippedOnlyFromNewerMinor) {
+  for (const uint16_t version : {kProtocolVersion, uint16_t(kProtocolVersion + 1)}) {
+    capnp::MallocMessageBuilder msg;
+    auto dg = msg.initRoot<wire::Datagram>();
+    dg.setProtocolVersion(version);
+    auto recs = dg.initRecords(2);
+    recs[0].initAlive().setLastSeq(5);
+    recs[1].initAlive().setLastSeq(6);
+    // Overwrite the second record's union tag with a kind this build does not know.
+    auto words = capnp::messageToFlatArray(msg);
+    auto* bytes = reinterpret_cast<uint8_t*>(words.begin());
+    const size_t tagWord = 1 + 1 + 5 + 1 + 1 + 13 + 8;  // table, root, datagram, tag, rec 0
+    bytes[tagWord * 8] = 99;
+    ASSERT_EQ(bytes[(tagWord - 8) * 8], 6);  // the second record's lastSeq, as a layout check
+    const auto packed = packWords(words.slice(1, words.size()));
+    if (version == kProtocolVersion) {
+      EXPECT_EQ(decodeErr(packed), DecodeError::kBadRecord);
+    } else {
+      EXPECT_EQ(decodeOk(packed).records, std::vector<Record>{Alive{5}});
+    }
+  }
+}
+
+TEST(CodecTest, SeededMutationsNeverCrash) {
+  const auto good = sampleDatagram();
+  std::mt19937_64 rng(1234);
+  size_t ok = 0;
+  size_t errors[5] = {};
+  for (int i = 0; i < 5000; ++i) {
+    std::vector<uint8_t> m = good;
+    switch (i % 4) {
+      case 0:  // bit flips
+        for (int k = 1 + static_cast<int>(rng() % 4); k > 0; --k)
+          m[rng() % m.size()] ^= static_cast<uint8_t>(1u << (rng() % 8));
+        break;
+      case 1:  // random bytes overwritten
+        for (int k = 1 + static_cast<int>(rng() % 8); k > 0; --k)
+          m[rng() % m.size()] = static_cast<uint8_t>(rng());
+        break;
+      case 2:  // truncated and then flipped
+        m.resize(1 + rng() % m.size());
+        m[rng() % m.size()] ^= static_cast<uint8_t>(rng());
+        break;
+      default:  // pure garbage of any length
+        m.resize(rng() % 2048);
+        for (auto& byte : m) byte = static_cast<uint8_t>(rng());
+        break;
+    }
+    auto d = decode(m);
+    if (auto* e = std::get_if<DecodeError>(&d)) {
+      ++errors[static_cast<size_t>(*e)];
+      continue;
+    }
+    ++ok;
+    // Whatever decoded must encode and decode to the same again.
+    const Decoded& first = std::get<Decoded>(d);
+    DatagramBuilder b(kMaxDatagramBytes);
+    for (const Record& r : first.records) ASSERT_TRUE(b.add(r));
+    Header h = first.header;
+    const Decoded second = decodeOk(b.finish(h));
+    EXPECT_EQ(second.header, first.header);
+    EXPECT_EQ(second.records, first.records);
+  }
+  std::printf(
+      "  5000 mutations: %zu decoded, errors truncated %zu malformed %zu too_large %zu "
+      "version %zu bad_record %zu\n",
+      ok, errors[0], errors[1], errors[2], errors[3], errors[4]);
+}
+
+TEST(CodecTest, DecodeErrorNames) {
+  EXPECT_STREQ(decodeErrorName(DecodeError::kTruncated), "truncated");
+  EXPECT_STREQ(decodeErrorName(DecodeError::kBadRecord), "bad_record");
+}
+
+}  // namespace
+}  // namespace ctsync::replication
