@@ -32,7 +32,7 @@ constexpr int kNestingLimit = 8;  // Datagram > records > Record > Tuple > Addrs
 constexpr size_t kMaxSegments = 16;
 // A full 64 KiB datagram of the smallest records holds ~7 000; anything above is an attack.
 constexpr size_t kMaxRecords = 8192;
-constexpr size_t kMaxNackRanges = 8192;  // per datagram
+constexpr size_t kMaxNackRanges = 8192;  // per datagram, Nack and Covered ranges together
 constexpr uint8_t kMaxTcpScale = 14;     // RFC 7323; the kernel clamps to it as well
 
 // Layout facts the size accounting below relies on (see DatagramBuilder).
@@ -246,6 +246,13 @@ void encodeDelete(wire::Record::Delete::Builder d, const FlowDelete& r, const Ba
   }
 }
 
+void encodeRanges(capnp::List<wire::SeqRange>::Builder out, const std::vector<SeqRange>& ranges) {
+  for (unsigned i = 0; i < ranges.size(); ++i) {
+    out[i].setFirst(ranges[i].first);
+    out[i].setLast(ranges[i].last);
+  }
+}
+
 void encodeRecord(wire::Record::Builder b, const Record& record, const Bases& bases) {
   std::visit(
       [&](const auto& r) {
@@ -263,28 +270,29 @@ void encodeRecord(wire::Record::Builder b, const Record& record, const Bases& ba
           auto n = b.initNack();
           n.setSender(r.sender);
           n.setEpoch(r.epoch);
-          auto missing = n.initMissing(static_cast<unsigned>(r.missing.size()));
-          for (unsigned i = 0; i < r.missing.size(); ++i) {
-            missing[i].setFirst(r.missing[i].first);
-            missing[i].setLast(r.missing[i].last);
-          }
+          encodeRanges(n.initMissing(static_cast<unsigned>(r.missing.size())), r.missing);
         } else if constexpr (std::is_same_v<T, Alive>) {
           b.initAlive().setLastSeq(r.lastSeq);
         } else if constexpr (std::is_same_v<T, ResyncRequest>) {
           b.initResyncRequest().setSender(r.sender);
         } else if constexpr (std::is_same_v<T, BulkBegin>) {
-          b.initBulkBegin().setBulkId(r.bulkId);
+          auto g = b.initBulkBegin();
+          g.setBulkId(r.bulkId);
+          g.setStartHlc(r.startHlc);
         } else if constexpr (std::is_same_v<T, BulkEnd>) {
           auto e = b.initBulkEnd();
           e.setBulkId(r.bulkId);
           e.setFlows(r.flows);
-        } else {
-          static_assert(std::is_same_v<T, Digest>);
+        } else if constexpr (std::is_same_v<T, Digest>) {
           auto g = b.initDigest();
           g.setRangeFirst(r.rangeFirst);
           g.setRangeLast(r.rangeLast);
           g.setHash(r.hash);
           g.setFlows(r.flows);
+        } else {
+          static_assert(std::is_same_v<T, Covered>);
+          encodeRanges(b.initCovered().initRanges(static_cast<unsigned>(r.ranges.size())),
+                       r.ranges);
         }
       },
       record);
@@ -308,6 +316,7 @@ void encodeDatagram(capnp::MessageBuilder& msg, const Header& h, const Bases& ba
 size_t scratchWordsFor(const Record& r) {
   size_t n = 64;
   if (const auto* nack = std::get_if<Nack>(&r)) n += 2 * nack->missing.size();
+  if (const auto* covered = std::get_if<Covered>(&r)) n += 2 * covered->ranges.size();
   return n;
 }
 
@@ -541,6 +550,19 @@ std::variant<Record, Check> decodeDelete(wire::Record::Delete::Reader d, const B
   return Record{r};
 }
 
+// Sequence ranges of a Nack or Covered; `total` bounds the ranges of one datagram.
+bool decodeRanges(capnp::List<wire::SeqRange>::Reader in, std::vector<SeqRange>& out,
+                  size_t& total) {
+  total += in.size();
+  if (total > kMaxNackRanges) return false;
+  out.reserve(in.size());
+  for (const auto m : in) {
+    if (m.getFirst() > m.getLast()) return false;
+    out.push_back(SeqRange{m.getFirst(), m.getLast()});
+  }
+  return true;
+}
+
 std::variant<Record, Check> decodeRecord(wire::Record::Reader rec, const Bases& bases,
                                          size_t& nackRanges) {
   switch (rec.which()) {
@@ -555,14 +577,12 @@ std::variant<Record, Check> decodeRecord(wire::Record::Reader rec, const Bases& 
     case wire::Record::NACK: {
       const auto n = rec.getNack();
       Nack out{n.getSender(), n.getEpoch(), {}};
-      const auto missing = n.getMissing();
-      nackRanges += missing.size();
-      if (nackRanges > kMaxNackRanges) return Check::kBad;
-      out.missing.reserve(missing.size());
-      for (const auto m : missing) {
-        if (m.getFirst() > m.getLast()) return Check::kBad;
-        out.missing.push_back(SeqRange{m.getFirst(), m.getLast()});
-      }
+      if (!decodeRanges(n.getMissing(), out.missing, nackRanges)) return Check::kBad;
+      return Record{std::move(out)};
+    }
+    case wire::Record::COVERED: {
+      Covered out;
+      if (!decodeRanges(rec.getCovered().getRanges(), out.ranges, nackRanges)) return Check::kBad;
       return Record{std::move(out)};
     }
     case wire::Record::ALIVE:
@@ -570,7 +590,7 @@ std::variant<Record, Check> decodeRecord(wire::Record::Reader rec, const Bases& 
     case wire::Record::RESYNC_REQUEST:
       return Record{ResyncRequest{rec.getResyncRequest().getSender()}};
     case wire::Record::BULK_BEGIN:
-      return Record{BulkBegin{rec.getBulkBegin().getBulkId()}};
+      return Record{BulkBegin{rec.getBulkBegin().getBulkId(), rec.getBulkBegin().getStartHlc()}};
     case wire::Record::BULK_END: {
       const auto e = rec.getBulkEnd();
       return Record{BulkEnd{e.getBulkId(), e.getFlows()}};

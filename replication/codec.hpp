@@ -12,7 +12,7 @@
 namespace ctsync::replication {
 
 // Written by this build; see wire.capnp for the major/minor rule.
-inline constexpr uint16_t kProtocolVersion = 1;
+inline constexpr uint16_t kProtocolVersion = 2;  // 0.2: minor 2 added Covered
 // Largest datagram decode() accepts (a UDP payload cannot be larger).
 inline constexpr size_t kMaxDatagramBytes = 64 * 1024;
 // Smallest maxBytes a DatagramBuilder takes: any single record but a very long Nack fits in it.
@@ -29,8 +29,9 @@ class DatagramBuilder {
 
   // Appends a copy of `r`. Returns false, adding nothing, when it does not fit in the space
   // left; finish() and add it to the next datagram. If it does not fit in an *empty* builder
-  // it never will at this maxBytes (only a Nack with hundreds of ranges can get there): the
-  // caller must split it (fewer ranges per Nack) or drop and count it, not retry forever.
+  // it never will at this maxBytes (only a Nack or Covered with hundreds of ranges can get
+  // there): the caller must split it (fewer ranges per record) or drop and count it, not retry
+  // forever.
   bool add(const Record& r);
 
   size_t size() const { return records_.size(); }  // records held

@@ -100,6 +100,7 @@ struct ResyncRequest {
 // this sender and was not in the bulk is removed.
 struct BulkBegin {
   uint32_t bulkId = 0;
+  uint64_t startHlc = 0;  // sender's clock at the snapshot: only older flows can be swept
   friend bool operator==(const BulkBegin&, const BulkBegin&) = default;
 };
 struct BulkEnd {
@@ -117,8 +118,15 @@ struct Digest {
   friend bool operator==(const Digest&, const Digest&) = default;
 };
 
+// Sender -> all: its datagrams in these ranges were answered by resending the current state of
+// what they carried (in datagrams sent since), so receivers count them as received.
+struct Covered {
+  std::vector<SeqRange> ranges;
+  friend bool operator==(const Covered&, const Covered&) = default;
+};
+
 using Record = std::variant<FlowRecord, FlowDelete, Ack, Nack, Alive, ResyncRequest, BulkBegin,
-                            BulkEnd, Digest>;
+                            BulkEnd, Digest, Covered>;
 
 // Carried by every datagram.
 struct Header {
@@ -126,7 +134,10 @@ struct Header {
   uint32_t clusterId = 0;
   uint16_t node = 0;
   uint64_t bootEpoch = 0;  // new on every start of the sender
-  uint64_t seq = 0;        // per sender and epoch, from 1, one per datagram
+  // Reliable sequence: per sender and epoch, from 1, one per datagram that carries state
+  // (flows, deletes, bulk markers, Covered); 0 for datagrams of control records only (acks,
+  // nacks, alives, resync requests, digests), which are never resent.
+  uint64_t seq = 0;
   friend bool operator==(const Header&, const Header&) = default;
 };
 

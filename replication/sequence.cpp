@@ -12,25 +12,48 @@ void InboundSequence::reset(uint64_t epoch) {
   ahead_.clear();
 }
 
-InboundSequence::Result InboundSequence::receive(uint64_t epoch, uint64_t seq) {
-  Result fresh = Result::kNew;
-  if (epoch < epoch_) return Result::kStale;
-  if (epoch > epoch_) {
-    reset(epoch);
-    fresh = Result::kRestart;
+bool InboundSequence::seen(uint64_t seq) const {
+  if (seq <= cumulative_) return true;
+  auto it = ahead_.upper_bound(seq);
+  if (it == ahead_.begin()) return false;
+  --it;
+  return it->second >= seq;
+}
+
+void InboundSequence::markRange(uint64_t first, uint64_t last) {
+  first = std::max(first, cumulative_ + 1);
+  if (first > last) return;
+  highest_ = std::max(highest_, last);
+  // Merge with every range that overlaps or touches [first, last].
+  auto it = ahead_.upper_bound(first);
+  if (it != ahead_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->second >= first - 1) it = prev;  // first >= 1
   }
-  if (seq == 0 || seq <= cumulative_ || ahead_.count(seq) != 0) return Result::kDuplicate;
-  highest_ = std::max(highest_, seq);
-  if (seq == cumulative_ + 1) {
-    cumulative_ = seq;
-    // Datagrams that arrived early now join the contiguous prefix.
-    while (!ahead_.empty() && *ahead_.begin() == cumulative_ + 1) {
-      cumulative_ = *ahead_.begin();
-      ahead_.erase(ahead_.begin());
-    }
+  while (it != ahead_.end() && (last == UINT64_MAX || it->first <= last + 1)) {
+    first = std::min(first, it->first);
+    last = std::max(last, it->second);
+    it = ahead_.erase(it);
+  }
+  if (first == cumulative_ + 1) {
+    cumulative_ = last;
   } else {
-    ahead_.insert(seq);
+    ahead_.emplace(first, last);
   }
+}
+
+InboundSequence::Result InboundSequence::observeEpoch(uint64_t epoch) {
+  if (epoch < epoch_) return Result::kStale;
+  if (epoch == epoch_) return Result::kNew;
+  reset(epoch);
+  return Result::kRestart;
+}
+
+InboundSequence::Result InboundSequence::receive(uint64_t epoch, uint64_t seq) {
+  const Result fresh = observeEpoch(epoch);
+  if (fresh == Result::kStale) return fresh;
+  if (seq == 0 || seen(seq)) return Result::kDuplicate;
+  markRange(seq, seq);
   return fresh;
 }
 
@@ -40,13 +63,26 @@ bool InboundSequence::alive(uint64_t epoch, uint64_t lastSeq) {
   return true;
 }
 
+void InboundSequence::cover(const std::vector<SeqRange>& ranges) {
+  for (const SeqRange& r : ranges) {
+    if (r.first != 0 && r.first <= r.last) markRange(r.first, r.last);
+  }
+}
+
+uint64_t InboundSequence::highestMissing() const {
+  if (complete()) return 0;
+  if (ahead_.empty()) return highest_;
+  const auto& [first, last] = *ahead_.rbegin();
+  return last == highest_ ? first - 1 : highest_;
+}
+
 std::vector<SeqRange> InboundSequence::missing(size_t maxRanges) const {
   std::vector<SeqRange> out;
   uint64_t from = cumulative_ + 1;
-  for (uint64_t got : ahead_) {
+  for (const auto& [first, last] : ahead_) {
     if (out.size() >= maxRanges) return out;
-    if (got > from) out.push_back({from, got - 1});
-    from = got + 1;
+    if (first > from) out.push_back({from, first - 1});
+    from = last + 1;
   }
   if (out.size() < maxRanges && from <= highest_) out.push_back({from, highest_});
   return out;
@@ -55,16 +91,24 @@ std::vector<SeqRange> InboundSequence::missing(size_t maxRanges) const {
 void OutboundLog::sent(uint64_t seq, std::vector<FlowKey> flows) {
   if (flows.empty()) return;
   flows_ += flows.size();
-  log_.push_back({seq, std::move(flows)});
+  log_.push_back({seq, std::move(flows), nullptr, 0, 0});
   trim();
 }
 
+void OutboundLog::sentBulk(uint64_t seq, std::shared_ptr<const std::vector<FlowKey>> snapshot,
+                           size_t begin, size_t end) {
+  if (begin >= end) return;
+  log_.push_back({seq, {}, std::move(snapshot), begin, end});
+}
+
+void OutboundLog::pop() {
+  forgotten_ = log_.front().seq;
+  flows_ -= log_.front().flows.size();
+  log_.pop_front();
+}
+
 void OutboundLog::trim() {
-  while (flows_ > maxFlows_ && !log_.empty()) {
-    flows_ -= log_.front().flows.size();
-    forgotten_ = log_.front().seq;
-    log_.pop_front();
-  }
+  while (flows_ > maxFlows_ && !log_.empty()) pop();
 }
 
 std::optional<std::vector<FlowKey>> OutboundLog::lost(const std::vector<SeqRange>& missing) const {
@@ -72,12 +116,17 @@ std::optional<std::vector<FlowKey>> OutboundLog::lost(const std::vector<SeqRange
   std::unordered_set<FlowKey, FlowKeyHasher> seen;
   for (const SeqRange& r : missing) {
     if (r.first == 0 || r.first > r.last || r.last > lastSeq_) return std::nullopt;  // not ours
-    // A datagram dropped from the log to keep it bounded may have carried anything.
+    // A datagram dropped from the log may have carried anything: dropped to keep the log
+    // bounded, or acknowledged by every peer known then (a peer asking for it now is new).
     if (r.first <= forgotten_) return std::nullopt;
     auto it = std::lower_bound(log_.begin(), log_.end(), r.first,
                                [](const Sent& s, uint64_t seq) { return s.seq < seq; });
     for (; it != log_.end() && it->seq <= r.last; ++it) {
       for (const FlowKey& k : it->flows) {
+        if (seen.insert(k).second) out.push_back(k);
+      }
+      for (size_t i = it->begin; i < it->end; ++i) {
+        const FlowKey& k = (*it->snapshot)[i];
         if (seen.insert(k).second) out.push_back(k);
       }
     }
@@ -99,10 +148,7 @@ void OutboundLog::acked(uint16_t node, uint64_t cumulative) {
   if (it != peerAcked_.end()) it->second = std::max(it->second, std::min(cumulative, lastSeq_));
   uint64_t floor = lastSeq_;
   for (const auto& [peer, upTo] : peerAcked_) floor = std::min(floor, upTo);
-  while (!log_.empty() && log_.front().seq <= floor) {
-    flows_ -= log_.front().flows.size();
-    log_.pop_front();
-  }
+  while (!log_.empty() && log_.front().seq <= floor) pop();
 }
 
 }  // namespace ctsync::replication

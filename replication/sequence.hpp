@@ -7,7 +7,7 @@
 #include <deque>
 #include <map>
 #include <optional>
-#include <set>
+#include <memory>
 #include <vector>
 
 #include "replication/records.hpp"
@@ -27,9 +27,15 @@ class InboundSequence {
 
   // Registers datagram `seq` of `epoch`.
   Result receive(uint64_t epoch, uint64_t seq);
+  // A datagram of `epoch` without a sequence number (control records only) arrived: kRestart
+  // when the epoch is newer (the state resets, as in receive()), kStale when older, else kNew.
+  Result observeEpoch(uint64_t epoch);
   // The sender's Alive says it has sent up to `lastSeq` in `epoch`: anything beyond what
   // arrived is missing (tail loss). Returns false for another epoch.
   bool alive(uint64_t epoch, uint64_t lastSeq);
+  // The sender says datagrams in `ranges` of the current epoch need not arrive any more (it
+  // resent their content in later datagrams): count them as received.
+  void cover(const std::vector<SeqRange>& ranges);
 
   uint64_t epoch() const { return epoch_; }
   // Every datagram 1..cumulative() has arrived.
@@ -37,15 +43,21 @@ class InboundSequence {
   // The highest sequence known to exist (received or announced by Alive).
   uint64_t highest() const { return highest_; }
   bool complete() const { return cumulative_ == highest_; }
+  // The highest sequence number still missing, 0 when complete().
+  uint64_t highestMissing() const;
   // The missing ranges, oldest first, at most `maxRanges` of them.
   std::vector<SeqRange> missing(size_t maxRanges) const;
 
  private:
   void reset(uint64_t epoch);
+  bool seen(uint64_t seq) const;
+  void markRange(uint64_t first, uint64_t last);
   uint64_t epoch_ = 0;
   uint64_t cumulative_ = 0;
   uint64_t highest_ = 0;
-  std::set<uint64_t> ahead_;  // received, above cumulative_ + 1 (only while there is a gap)
+  // Received ranges above cumulative_ + 1, first -> last, disjoint and never adjacent (only
+  // while there is a gap).
+  std::map<uint64_t, uint64_t> ahead_;
 };
 
 // What a sender sent and its peers have not all acknowledged yet, by sequence number: the keys
@@ -62,10 +74,16 @@ class OutboundLog {
   // Remembers which flows datagram `seq` (from next()) carried. Datagrams without flows (acks,
   // alives) need not be recorded.
   void sent(uint64_t seq, std::vector<FlowKey> flows);
+  // A datagram of a bulk transfer: it carried keys [begin, end) of `snapshot`, the list of keys
+  // the bulk walks. Not counted against maxFlows (the snapshot exists anyway while the bulk
+  // runs), so a bulk larger than the log can still be repaired by resends.
+  void sentBulk(uint64_t seq, std::shared_ptr<const std::vector<FlowKey>> snapshot, size_t begin,
+                size_t end);
 
-  // The flows to resend for a peer's NACK, deduplicated, or empty if any missing datagram was
-  // dropped to keep the log bounded (the peer needs a bulk resync instead). Datagrams that
-  // carried no flows, or that every peer acknowledged, need no resend.
+  // The flows to resend for a peer's NACK, deduplicated, or nullopt if any missing datagram
+  // left the log (dropped to keep it bounded, or acknowledged by every peer known at the time:
+  // a peer asking for it is new) — the peer needs a bulk resync instead. Datagrams that carried
+  // no flows need no resend.
   std::optional<std::vector<FlowKey>> lost(const std::vector<SeqRange>& missing) const;
 
   // Peers whose acknowledgements hold datagrams in the log. A datagram is forgotten once every
@@ -76,6 +94,8 @@ class OutboundLog {
 
   size_t datagrams() const { return log_.size(); }
   size_t flows() const { return flows_; }
+  // The highest sequence that left the log (0: none yet). Gaps at or below it need a bulk.
+  uint64_t forgotten() const { return forgotten_; }
   // The oldest sequence still remembered (lastSeq() + 1 when the log is empty).
   uint64_t oldest() const { return log_.empty() ? lastSeq_ + 1 : log_.front().seq; }
 
@@ -83,13 +103,17 @@ class OutboundLog {
   struct Sent {
     uint64_t seq;
     std::vector<FlowKey> flows;
+    std::shared_ptr<const std::vector<FlowKey>> snapshot;  // bulk datagrams: keys [begin, end)
+    size_t begin = 0;
+    size_t end = 0;
   };
+  void pop();
   void trim();
   size_t maxFlows_;
   uint64_t lastSeq_ = 0;
   std::deque<Sent> log_;  // ascending seq
   size_t flows_ = 0;
-  uint64_t forgotten_ = 0;  // highest sequence dropped to keep the log bounded
+  uint64_t forgotten_ = 0;  // highest sequence that left the log
   std::map<uint16_t, uint64_t> peerAcked_;
 };
 

@@ -29,7 +29,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("ctsync::replication::wire");
 
 struct Datagram {
-  protocolVersion @0 :UInt16;  # major << 8 | minor; 1 today
+  protocolVersion @0 :UInt16;  # major << 8 | minor; 2 today (minor 2 added `covered`)
   node @1 :UInt16;             # sender
   clusterId @2 :UInt32;
   bootEpoch @3 :UInt64;        # new on every start of the sender
@@ -120,6 +120,10 @@ struct Record {
 
     bulkBegin :group {
       bulkId @46 :UInt32;
+      # (minor 2) The sender's hybrid logical clock when the bulk's snapshot was taken. A sweep
+      # removes only flows written before it: later ones may just have arrived before the bulk
+      # opened at the receiver.
+      startHlc @54 :UInt64;
     }
 
     bulkEnd :group {
@@ -132,6 +136,13 @@ struct Record {
       rangeLast @50 :UInt32;
       hash @51 :UInt64;
       flows @52 :UInt32;
+    }
+
+    # Sender -> all, in a sequenced datagram (minor 2): my datagrams in these ranges were
+    # answered by resending the current state of what they carried in datagrams sent since (or
+    # carried nothing that still needs sending): count them as received.
+    covered :group {
+      ranges @53 :List(SeqRange);
     }
   }
 }

@@ -8,6 +8,7 @@ namespace ctsync::table {
 // The tracker never reads a clock itself: every call that can expire something takes `now`.
 using Nanos = int64_t;
 inline constexpr Nanos kSecond = 1'000'000'000;
+inline constexpr Nanos kMillisecond = 1'000'000;
 
 inline constexpr Nanos seconds(int64_t s) {
   return s * kSecond;

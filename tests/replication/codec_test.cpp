@@ -249,9 +249,12 @@ TEST(CodecTest, ControlRecordsRoundTrip) {
       Alive{kMax},
       Alive{0},
       ResyncRequest{9},
-      BulkBegin{0xffffffff},
+      BulkBegin{0xffffffff, kMax},
+      BulkBegin{1, 0},
       BulkEnd{0xffffffff, kMax},
       Digest{0, 0xffffffff, kMax, 123456},
+      Covered{{{1, 1}, {7, 9}, {kMax - 1, kMax}}},
+      Covered{},
   });
 }
 
@@ -400,6 +403,11 @@ TEST(CodecTest, BuilderNeverExceedsMaxBytesWithAnyMix) {
         return Digest{static_cast<uint32_t>(rng()), ~0u, rng(), 5};
       case 5:
         return Alive{rng()};
+      case 6: {
+        Covered c;
+        for (size_t i = rng() % 12; i > 0; --i) c.ranges.push_back({i, i + rng() % 1000});
+        return c;
+      }
       default:
         return gen.flow(rng() % 2);
     }
