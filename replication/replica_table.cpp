@@ -1,9 +1,12 @@
 #include "replication/replica_table.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cassert>
+#include <cstring>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "table/tcp.hpp"
 
@@ -54,8 +57,75 @@ auto contentView(const FlowRecord& r) {
                          tupleView(r.master ? *r.master : kNoMaster));
 }
 
+// Equality of N bytes in 8-byte words (GCC calls memcmp for these sizes): for types without
+// padding, where equal bytes are equal values.
+template <size_t N>
+bool sameBytes(const void* a, const void* b) {
+  static_assert(N >= 8);
+  const auto* p = static_cast<const unsigned char*>(a);
+  const auto* q = static_cast<const unsigned char*>(b);
+  uint64_t diff = 0;
+  auto word = [&](size_t off) {
+    uint64_t x, y;
+    std::memcpy(&x, p + off, 8);
+    std::memcpy(&y, q + off, 8);
+    diff |= x ^ y;
+  };
+  for (size_t off = 0; off + 8 <= N; off += 8) word(off);
+  if (N % 8 != 0) word(N - 8);
+  return diff == 0;
+}
+static_assert(std::has_unique_object_representations_v<FlowKey>);
+static_assert(std::has_unique_object_representations_v<table::Tuple>);
+
+bool sameKey(const FlowKey& a, const FlowKey& b) {
+  return sameBytes<sizeof(FlowKey)>(&a, &b);
+}
+bool sameTuple(const table::Tuple& a, const table::Tuple& b) {
+  return sameBytes<sizeof(table::Tuple)>(&a, &b);
+}
+
+// contentView(a) == contentView(b), spelled out: the duplicate check on every resent record.
+bool sameContent(const FlowRecord& a, const FlowRecord& b) {
+  return sameTuple(a.reply, b.reply) && ((a.status ^ b.status) & ~kStickyStatus) == 0 &&
+         a.tcpFlags[0] == b.tcpFlags[0] && a.tcpFlags[1] == b.tcpFlags[1] &&
+         a.tcpScale[0] == b.tcpScale[0] && a.tcpScale[1] == b.tcpScale[1] &&
+         a.timeoutSec == b.timeoutSec && a.mark == b.mark &&
+         sameBytes<sizeof(a.labels)>(a.labels.data(), b.labels.data()) && a.helper == b.helper &&
+         a.master.has_value() == b.master.has_value() &&
+         (!a.master || sameTuple(*a.master, *b.master));
+}
+
 uint8_t moreAdvanced(uint8_t a, uint8_t b) {
   return tcpProgress(a) >= tcpProgress(b) ? a : b;
+}
+
+constexpr Nanos kNever = std::numeric_limits<Nanos>::max();
+constexpr uint32_t kNone = flat::FlatIndex::kNone;
+
+// Hash for the in-memory indexes only, so it need not be flowKeyHash (six dependent rounds,
+// fixed for the wire): three independent 64x64->128 multiplications and a final one.
+__extension__ using Wide = unsigned __int128;
+uint64_t mum(uint64_t a, uint64_t b) {
+  const Wide p = static_cast<Wide>(a) * b;
+  return static_cast<uint64_t>(p) ^ static_cast<uint64_t>(p >> 64);
+}
+
+uint32_t indexHash(const table::Tuple& t, uint16_t zone) {
+  uint64_t w[4];
+  std::memcpy(&w[0], t.src.bytes.data(), 16);
+  std::memcpy(&w[2], t.dst.bytes.data(), 16);
+  const uint64_t rest = uint64_t{t.sport} | (uint64_t{t.dport} << 16) |
+                        (uint64_t{static_cast<uint8_t>(t.l3)} << 32) | (uint64_t{t.l4} << 40) |
+                        (uint64_t{zone} << 48);
+  const uint64_t h = mum(w[0] ^ 0xa0761d6478bd642fULL, w[1] ^ 0xe7037ed1a0b428dbULL) ^
+                     mum(w[2] ^ 0x8ebc6af09c88c6e3ULL, w[3] ^ 0x589965cc75374cc3ULL) ^
+                     mum(rest ^ 0x1d8e4e27c47d124fULL, 0x9e3779b97f4a7c15ULL);
+  return static_cast<uint32_t>(mum(h, 0xd6e8feb86659fd93ULL));
+}
+
+uint32_t indexHash(const FlowKey& k) {
+  return indexHash(k.orig, k.zone);
 }
 
 }  // namespace
@@ -131,10 +201,6 @@ Nanos ReplicaFlow::remaining(Nanos now) const {
   return std::max<Nanos>(0, end - now);
 }
 
-size_t ReplicaTable::NatKeyHasher::operator()(const NatKey& k) const {
-  return static_cast<size_t>(flowKeyHash(FlowKey{k.reply, k.zone}));
-}
-
 ReplicaTable::ReplicaTable(const ReplicaSettings& settings)
     : settings_(settings), ranges_(settings.digestRanges) {
   assert(settings.digestRanges >= 1 && settings.digestRanges <= 65536);
@@ -143,21 +209,86 @@ ReplicaTable::ReplicaTable(const ReplicaSettings& settings)
 
 void ReplicaTable::reserve(size_t flows) {
   entries_.reserve(flows);
+  byKey_.reserve(flows);
   byReply_.reserve(flows);
 }
 
-ReplicaTable::Entry& ReplicaTable::createEntry(const FlowKey& key) {
-  Entry& e = entries_[key];
-  e.flow.record.key = key;
-  e.keyHash = flowKeyHash(key);
-  e.scheduled = std::numeric_limits<Nanos>::max();
-  return e;
+uint32_t ReplicaTable::find(const FlowKey& key, uint32_t keyIndexHash) const {
+  return byKey_.find(keyIndexHash,
+                     [&](uint32_t id) { return sameKey(entries_[id].flow.record.key, key); });
 }
 
-ApplyResult ReplicaTable::apply(const FlowRecord& r, Nanos now) {
-  const auto it = entries_.find(r.key);
-  const bool fresh = it == entries_.end();
-  Entry& e = fresh ? createEntry(r.key) : it->second;
+uint32_t ReplicaTable::createEntry(const FlowKey& key, uint32_t keyIndexHash) {
+  const uint32_t id = entries_.allocate();
+  entries_.prefetchAllocation(3);  // a few inserts ahead: lines in cache when they come
+  Entry& e = entries_[id];
+  e.inUse = true;
+  e.flow.record.key = key;
+  e.keyHash = flowKeyHash(key);
+  e.scheduled = kNever;
+  byKey_.insert(keyIndexHash, id);
+  return id;
+}
+
+// Forgets an entry entirely (expiry, sweeps): no tombstone is left. Its timers go stale.
+void ReplicaTable::removeEntry(uint32_t id) {
+  unlink(id);
+  Entry& e = entries_[id];
+  byKey_.erase(indexHash(e.flow.record.key), id);
+  e.inUse = false;
+  entries_.free(id);
+}
+
+ApplyResult ReplicaTable::apply(const FlowRecord& r, Nanos now, bool fromWriter) {
+  return applyHashed(r, indexHash(r.key), now, fromWriter);
+}
+
+std::vector<ApplyResult> ReplicaTable::applyBatch(std::span<const FlowRecord> records, Nanos now,
+                                                  bool fromWriter) {
+  // Two stages run ahead of the record being applied: 2 * kAhead records ahead, the fetch of
+  // its key's index slot starts; kAhead ahead, that slot (arrived by then) names the entry to
+  // fetch or, for a new key, the reply index slot the insertion will need.
+  constexpr size_t kAhead = 8;
+  constexpr size_t kRing = 32;  // > 2 * kAhead: a hash lives from its first stage to its apply
+  static_assert(kRing > 2 * kAhead);
+  std::array<uint32_t, kRing> hashes;
+  const size_t n = records.size();
+  auto fetchSlot = [&](size_t j) {
+    hashes[j % kRing] = indexHash(records[j].key);
+    byKey_.prefetch(hashes[j % kRing]);
+  };
+  auto fetchEntry = [&](size_t j) {
+    // The first id under the hash is nearly always the key's: stop there, so that the scan
+    // does not run on into a slot line nobody fetched.
+    const uint32_t id = byKey_.find(hashes[j % kRing], [](uint32_t) { return true; });
+    if (id != kNone) {
+      prefetchEntry(id);
+    } else {
+      byReply_.prefetch(indexHash(records[j].reply, records[j].key.zone));
+    }
+  };
+  for (size_t j = 0; j < std::min(n, 2 * kAhead); ++j) fetchSlot(j);
+  for (size_t j = 0; j < std::min(n, kAhead); ++j) fetchEntry(j);
+  std::vector<ApplyResult> results;
+  results.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (i + 2 * kAhead < n) fetchSlot(i + 2 * kAhead);
+    if (i + kAhead < n) fetchEntry(i + kAhead);
+    results.push_back(applyHashed(records[i], hashes[i % kRing], now, fromWriter));
+  }
+  return results;
+}
+
+void ReplicaTable::prefetchEntry(uint32_t id) const {
+  flat::prefetchForWrite(&entries_[id], sizeof(Entry));
+}
+
+ApplyResult ReplicaTable::applyHashed(const FlowRecord& r, uint32_t keyIndexHash, Nanos now,
+                                      bool fromWriter) {
+  uint32_t id = find(r.key, keyIndexHash);
+  const bool fresh = id == kNone;
+  if (fresh) id = createEntry(r.key, keyIndexHash);
+  Entry& e = entries_[id];
   const Before b = before(e);
   FlowRecord& cur = e.flow.record;
   const Version& v = r.version;
@@ -184,7 +315,7 @@ ApplyResult ReplicaTable::apply(const FlowRecord& r, Nanos now) {
     e.hasUpsert = true;
     e.flow.createdHlc = v.hlc;
     e.flow.createdNode = v.node;
-    out = e.hasTombstone && v <= e.tombstone
+    out = e.hasTombstone && v <= e.tombstone()
               ? ApplyOutcome::kResurrectionBlocked
               : (b.live ? ApplyOutcome::kUpdated : ApplyOutcome::kInserted);
   } else {
@@ -196,14 +327,17 @@ ApplyResult ReplicaTable::apply(const FlowRecord& r, Nanos now) {
     }
     const bool newer = v > cur.version;
     const bool same = v == cur.version;
-    const bool clash = same && (contentLess(cur, r) || contentLess(r, cur));
+    const bool clash = same && !sameContent(cur, r);
     if (newer || (clash && contentLess(cur, r))) {
       takeBase(true);
     } else {
-      cur.status |= r.status & kStickyStatus;
-      cur.tcpState = moreAdvanced(cur.tcpState, r.tcpState);
+      // Stores only when something changes: a resent record must not dirty the entry's lines.
+      const uint32_t status = cur.status | (r.status & kStickyStatus);
+      const uint8_t tcp = moreAdvanced(cur.tcpState, r.tcpState);
+      if (status != oldStatus) cur.status = status;
+      if (tcp != oldTcp) cur.tcpState = tcp;
     }
-    if (e.hasTombstone && cur.version <= e.tombstone) {  // still dead, whatever r brought
+    if (e.hasTombstone && cur.version <= e.tombstone()) {  // still dead, whatever r brought
       out = ApplyOutcome::kResurrectionBlocked;
     } else if (newer) {
       out = b.live ? ApplyOutcome::kUpdated : ApplyOutcome::kInserted;
@@ -215,20 +349,27 @@ ApplyResult ReplicaTable::apply(const FlowRecord& r, Nanos now) {
       out = same ? ApplyOutcome::kIgnoredDuplicate : ApplyOutcome::kIgnoredOlder;
     }
   }
-  markBulk(e, v.node);
-  return {out, settle(e, b)};
+  if (fromWriter) markBulk(e, v.node);
+  const bool unchanged =
+      (out == ApplyOutcome::kIgnoredDuplicate || out == ApplyOutcome::kIgnoredOlder) &&
+      b.createdHlc == e.flow.createdHlc && b.createdNode == e.flow.createdNode;
+  if (unchanged) return {out, std::nullopt};  // nothing derived can have changed
+  return {out, settle(id, b, now)};
 }
 
 ApplyResult ReplicaTable::apply(const FlowDelete& d, Nanos now) {
-  const auto it = entries_.find(d.key);
-  const bool fresh = it == entries_.end();
-  Entry& e = fresh ? createEntry(d.key) : it->second;
+  const uint32_t keyIndexHash = indexHash(d.key);
+  uint32_t id = find(d.key, keyIndexHash);
+  const bool fresh = id == kNone;
+  if (fresh) id = createEntry(d.key, keyIndexHash);
+  Entry& e = entries_[id];
   const Before b = before(e);
   const Version& v = d.version;
 
   auto raise = [&] {
     e.hasTombstone = true;
-    e.tombstone = v;
+    e.tombstoneHlc = v.hlc;
+    e.tombstoneNode = v.node;
     e.tombstoneUntil = now + settings_.tombstoneTtl;
   };
   ApplyOutcome out;
@@ -239,8 +380,8 @@ ApplyResult ReplicaTable::apply(const FlowDelete& d, Nanos now) {
     e.hasUpsert = false;
     raise();
     out = b.live ? ApplyOutcome::kDeleted : ApplyOutcome::kTombstoned;
-  } else if (e.hasTombstone && v <= e.tombstone) {
-    out = v == e.tombstone ? ApplyOutcome::kIgnoredDuplicate : ApplyOutcome::kIgnoredOlder;
+  } else if (e.hasTombstone && v <= e.tombstone()) {
+    out = v == e.tombstone() ? ApplyOutcome::kIgnoredDuplicate : ApplyOutcome::kIgnoredOlder;
   } else {
     raise();
     const bool stillLive = e.hasUpsert && e.flow.record.version > v;
@@ -248,14 +389,15 @@ ApplyResult ReplicaTable::apply(const FlowDelete& d, Nanos now) {
           : stillLive ? ApplyOutcome::kIgnoredOlder
                       : ApplyOutcome::kDeleted;
   }
-  return {out, settle(e, b)};
+  return {out, settle(id, b, now)};
 }
 
-// Brings the derived state (liveness, digest, NAT index, expiry queue) in line with the
+// Brings the derived state (liveness, digest, NAT index, expiry timers) in line with the
 // entry's merge state after a change; returns a flow that newly lost a NAT conflict.
-std::optional<FlowKey> ReplicaTable::settle(Entry& e, const Before& b) {
+std::optional<FlowKey> ReplicaTable::settle(uint32_t id, const Before& b, Nanos now) {
+  Entry& e = entries_[id];
   const FlowRecord& r = e.flow.record;
-  e.live = e.hasUpsert && (!e.hasTombstone || r.version > e.tombstone);
+  e.live = e.hasUpsert && (!e.hasTombstone || r.version > e.tombstone());
 
   RangeSum& sum = ranges_[rangeOfHash(e.keyHash)];
   if (b.live) {
@@ -271,77 +413,98 @@ std::optional<FlowKey> ReplicaTable::settle(Entry& e, const Before& b) {
   }
 
   std::optional<FlowKey> loser;
-  const bool left = b.live && (!e.live || !(b.reply == r.reply));
+  const uint16_t zone = r.key.zone;
+  const bool left = b.live && (!e.live || !sameTuple(b.reply, r.reply));
   if (left) {
-    const NatKey old{b.reply, r.key.zone};
-    auto& holders = byReply_[old];
-    std::erase(holders, r.key);
+    byReply_.erase(e.replyHash, id);
     if (e.flow.natShadowed) {
       e.flow.natShadowed = false;
       --shadowed_;
     }
-    resolveNat(old);  // may only lift a shadow: a holder left
+    resolveNat(b.reply, zone, e.replyHash);  // may only lift a shadow: a holder left
   }
   if (e.live) {
-    const NatKey nk{r.reply, r.key.zone};
     if (!b.live || left) {
-      std::vector<FlowKey>& holders = byReply_[nk];
-      holders.push_back(r.key);
-      if (holders.size() > 1) loser = resolveNat(nk);
+      e.replyHash = indexHash(r.reply, zone);
+      bool shared = false;
+      byReply_.forEach(e.replyHash, [&](uint32_t other) {
+        const FlowRecord& o = entries_[other].flow.record;
+        shared = shared || (sameTuple(o.reply, r.reply) && o.key.zone == zone);
+      });
+      byReply_.insert(e.replyHash, id);
+      if (shared) loser = resolveNat(r.reply, zone, e.replyHash);
     } else if (b.createdHlc != e.flow.createdHlc || b.createdNode != e.flow.createdNode) {
-      loser = resolveNat(nk);  // an earlier record of this flow arrived: it may win now
+      loser = resolveNat(r.reply, zone, e.replyHash);  // an earlier record arrived: may win now
     }
   }
 
   const Nanos d = deadline(e);
   if (d < e.scheduled) {
     e.scheduled = d;
-    expiry_.push({d, r.key});
+    expiry_.push({d, id}, now);
+    // Timers pushed back or orphaned pile up until their time; past twice the entries, start
+    // over from the entries' own deadlines.
+    if (expiry_.size() > 2 * entries_.size() + 1024) rebuildExpiry(now);
   }
   return loser;
 }
 
-std::optional<FlowKey> ReplicaTable::resolveNat(const NatKey& nk) {
-  const auto git = byReply_.find(nk);
-  if (git == byReply_.end()) return std::nullopt;
-  const std::vector<FlowKey>& holders = git->second;
-  if (holders.empty()) {
-    byReply_.erase(git);
-    return std::nullopt;
-  }
-  auto earlier = [this](const FlowKey& a, const FlowKey& b) {
-    const ReplicaFlow& fa = entries_.find(a)->second.flow;
-    const ReplicaFlow& fb = entries_.find(b)->second.flow;
+void ReplicaTable::rebuildExpiry(Nanos now) {
+  expiry_.clear();
+  entries_.forEach([&](uint32_t id, const Entry& e) {
+    if (e.inUse && e.scheduled != kNever) expiry_.push({e.scheduled, id}, now);
+  });
+}
+
+// Among the live flows holding (reply, zone) the one with the smallest (creator, key) wins;
+// shadows the others and lifts the winner's shadow. Returns a flow that newly lost.
+std::optional<FlowKey> ReplicaTable::resolveNat(const table::Tuple& reply, uint16_t zone,
+                                                uint32_t hash) {
+  auto holds = [&](const Entry& c) {
+    return sameTuple(c.flow.record.reply, reply) && c.flow.record.key.zone == zone;
+  };
+  auto earlier = [](const Entry& a, const Entry& b) {
+    const ReplicaFlow& fa = a.flow;
+    const ReplicaFlow& fb = b.flow;
     if (fa.createdHlc != fb.createdHlc) return fa.createdHlc < fb.createdHlc;
     if (fa.createdNode != fb.createdNode) return fa.createdNode < fb.createdNode;
-    return flowKeyLess(a, b);
+    return flowKeyLess(fa.record.key, fb.record.key);
   };
-  const FlowKey winner = *std::min_element(holders.begin(), holders.end(), earlier);
+  uint32_t winner = kNone;
+  byReply_.forEach(hash, [&](uint32_t id) {
+    const Entry& c = entries_[id];
+    if (holds(c) && (winner == kNone || earlier(c, entries_[winner]))) winner = id;
+  });
+  if (winner == kNone) return std::nullopt;
   std::optional<FlowKey> loser;
-  for (const FlowKey& k : holders) {
-    ReplicaFlow& f = entries_.find(k)->second.flow;
-    const bool shadow = !(k == winner);
+  byReply_.forEach(hash, [&](uint32_t id) {
+    Entry& c = entries_[id];
+    if (!holds(c)) return;
+    ReplicaFlow& f = c.flow;
+    const bool shadow = id != winner;
     if (shadow && !f.natShadowed) {
       ++shadowed_;
       ++stats_.natConflicts;
-      if (!loser) loser = k;
+      if (!loser) loser = f.record.key;
     } else if (!shadow && f.natShadowed) {
       --shadowed_;
     }
     f.natShadowed = shadow;
-  }
+  });
   return loser;
 }
 
-void ReplicaTable::unlink(Entry& e) {
-  Before b = before(e);
+void ReplicaTable::unlink(uint32_t id) {
+  Entry& e = entries_[id];
+  const Before b = before(e);
   e.hasUpsert = false;
   e.hasTombstone = false;
-  e.tombstoneUntil = std::numeric_limits<Nanos>::max();  // about to be erased: no timer
-  settle(e, b);
+  e.tombstoneUntil = kNever;  // about to be removed: no timer
+  settle(id, b, 0);
 }
 
 void ReplicaTable::markBulk(Entry& e, uint16_t writer) {
+  if (bulks_.empty()) return;
   const auto it = bulks_.find(writer);
   if (it != bulks_.end()) e.sweepMark = it->second.mark;
 }
@@ -358,22 +521,32 @@ uint64_t ReplicaTable::digestItem(const Entry& e) {
   uint64_t h = mixIn(e.keyHash, r.version.generation);
   h = mixIn(h, r.version.hlc);
   h = mixIn(h, r.version.node);
-  return mixIn(h, uint64_t{r.status} | (uint64_t{r.tcpState} << 32));
+  h = mixIn(h, uint64_t{r.status} | (uint64_t{r.tcpState} << 32));
+  // The rest of the content too: a replica whose record was changed behind the protocol's back
+  // (same version, other content) must show up as different.
+  h = hashTuple(h, r.reply);
+  h = mixIn(h, uint64_t{r.tcpFlags[0]} | (uint64_t{r.tcpFlags[1]} << 8) |
+                   (uint64_t{r.tcpScale[0]} << 16) | (uint64_t{r.tcpScale[1]} << 24) |
+                   (uint64_t{r.helper} << 32));
+  h = mixIn(h, uint64_t{r.timeoutSec} | (uint64_t{r.mark} << 32));
+  h = mixIn(h, load64(r.labels.data()));
+  h = mixIn(h, load64(r.labels.data() + 8));
+  if (r.master) h = hashTuple(mixIn(h, 1), *r.master);
+  return h;
 }
 
 ExpireResult ReplicaTable::expire(Nanos now) {
   ExpireResult res;
-  while (!expiry_.empty() && expiry_.top().at <= now) {
-    const Timer t = expiry_.top();
-    expiry_.pop();
-    const auto it = entries_.find(t.key);
-    if (it == entries_.end() || it->second.scheduled != t.at) continue;  // stale item
-    Entry& e = it->second;
+  expiry_.popDue(now, [&](const flat::DeadlineWheel::Item& t) {
+    // A timer is current iff its entry is in use and scheduled at its time. A stale one of an
+    // earlier occupant of the slot may match too: then both are due and either does the same.
+    Entry& e = entries_[t.id];
+    if (!e.inUse || e.scheduled != t.at) return;
     const Nanos d = deadline(e);
     if (d > now) {  // pushed back since: wait for the new deadline
       e.scheduled = d;
-      expiry_.push({d, t.key});
-      continue;
+      expiry_.push({d, t.id}, now);
+      return;
     }
     if (e.live) {
       ++res.flows;
@@ -382,32 +555,38 @@ ExpireResult ReplicaTable::expire(Nanos now) {
       ++res.tombstones;
       ++stats_.tombstonesExpired;
     }
-    unlink(e);
-    entries_.erase(it);
-  }
+    removeEntry(t.id);
+  });
   return res;
 }
 
-void ReplicaTable::beginBulk(uint16_t node, uint32_t bulkId) {
-  bulks_[node] = OpenBulk{bulkId, nextBulkMark_++};
+void ReplicaTable::beginBulk(uint16_t node, uint32_t bulkId, uint64_t startHlc) {
+  const auto [it, opened] = bulks_.try_emplace(node, OpenBulk{bulkId, 0, startHlc});
+  if (!opened && it->second.bulkId == bulkId) return;  // BulkBegin of the next datagram
+  it->second = OpenBulk{bulkId, nextBulkMark_, startHlc};
+  if (++nextBulkMark_ == 0) nextBulkMark_ = 1;  // 0 is every entry's mark before any bulk
 }
 
-std::optional<size_t> ReplicaTable::endBulk(uint16_t node, uint32_t bulkId) {
+std::optional<size_t> ReplicaTable::endBulk(uint16_t node, uint32_t bulkId,
+                                            std::vector<FlowDelete>* removed) {
   const auto bit = bulks_.find(node);
   if (bit == bulks_.end() || bit->second.bulkId != bulkId) return std::nullopt;
-  const uint64_t mark = bit->second.mark;
+  const uint32_t mark = bit->second.mark;
+  const uint64_t startHlc = bit->second.startHlc;
   bulks_.erase(bit);
-  std::vector<FlowKey> stale;
-  for (const auto& [key, e] : entries_) {
-    if (e.live && e.flow.record.version.node == node && e.sweepMark != mark) stale.push_back(key);
+  // Removing frees slab slots and moves nothing, so the scan may remove as it goes.
+  size_t swept = 0;
+  for (uint32_t id = 0; id < entries_.end(); ++id) {
+    const Entry& e = entries_[id];
+    if (e.inUse && e.live && e.flow.record.version.node == node && e.sweepMark != mark &&
+        e.flow.record.version.hlc < startHlc) {
+      if (removed != nullptr) removed->push_back({e.flow.record.key, e.flow.record.version});
+      removeEntry(id);
+      ++swept;
+    }
   }
-  for (const FlowKey& k : stale) {
-    const auto it = entries_.find(k);
-    unlink(it->second);
-    entries_.erase(it);
-  }
-  stats_.swept += stale.size();
-  return stale.size();
+  stats_.swept += swept;
+  return swept;
 }
 
 uint32_t ReplicaTable::rangeOf(const FlowKey& key) const {
@@ -440,27 +619,33 @@ std::vector<Digest> ReplicaTable::digests() const {
 
 RangeContents ReplicaTable::flowsInRange(uint32_t range) const {
   RangeContents out;
-  for (const auto& [key, e] : entries_) {
-    if (rangeOfHash(e.keyHash) != range) continue;
+  entries_.forEach([&](uint32_t, const Entry& e) {
+    if (!e.inUse || rangeOfHash(e.keyHash) != range) return;
     if (e.live) {
       out.flows.push_back(e.flow.record);
     } else if (e.hasTombstone) {
-      out.tombstones.push_back(FlowDelete{key, e.tombstone});
+      out.tombstones.push_back(FlowDelete{e.flow.record.key, e.tombstone()});
     }
-  }
+  });
   return out;
 }
 
 std::optional<ReplicaFlow> ReplicaTable::get(const FlowKey& key) const {
-  const auto it = entries_.find(key);
-  if (it == entries_.end() || !it->second.live) return std::nullopt;
-  return it->second.flow;
+  const uint32_t id = find(key, indexHash(key));
+  if (id == kNone || !entries_[id].live) return std::nullopt;
+  return entries_[id].flow;
 }
 
 std::optional<Version> ReplicaTable::tombstone(const FlowKey& key) const {
-  const auto it = entries_.find(key);
-  if (it == entries_.end() || it->second.live || !it->second.hasTombstone) return std::nullopt;
-  return it->second.tombstone;
+  const uint32_t id = find(key, indexHash(key));
+  if (id == kNone || entries_[id].live || !entries_[id].hasTombstone) return std::nullopt;
+  return entries_[id].tombstone();
+}
+
+size_t ReplicaTable::memoryBytes() const {
+  return entries_.memoryBytes() + byKey_.memoryBytes() + byReply_.memoryBytes() +
+         expiry_.memoryBytes() + ranges_.capacity() * sizeof(RangeSum) +
+         bulks_.size() * (sizeof(OpenBulk) + 32);
 }
 
 }  // namespace ctsync::replication

@@ -27,15 +27,19 @@
 // of the base, tombstones expire after Settings::tombstoneTtl, and expiry and bulk sweeps
 // forget a flow entirely (no tombstone: the owner may still resend the same version).
 //
+// Layout: entries sit in a slab (stable ids, never moved); flat indexes map the key, and the
+// reply tuple of each live flow, to entry ids; a timer wheel holds (deadline, id) items, removed
+// lazily. apply() costs about one cache miss per index it touches plus the entry's own lines.
+//
 // One instance per thread; no locks.
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <optional>
-#include <queue>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
+#include "replication/flat_map.hpp"
 #include "replication/records.hpp"
 #include "table/types.hpp"
 
@@ -120,28 +124,43 @@ class ReplicaTable {
  public:
   explicit ReplicaTable(const ReplicaSettings& settings);
 
-  // Sizes the indexes for `flows` live flows (the cluster's table limit) so that a bulk does
-  // not rehash them on the way up. Optional.
+  // Sizes the indexes and the entry slab for `flows` flows (the cluster's table limit) so that
+  // a bulk does not rehash on the way up. Takes address space, not memory: pages are backed
+  // when first written. Optional.
   void reserve(size_t flows);
 
-  ApplyResult apply(const FlowRecord& record, Nanos now);
+  // `fromWriter`: the record came from the node that wrote it (version.node), so it counts for
+  // that node's open bulk (see beginBulk); a record relayed by another node (in its bulk, or a
+  // digest repair) is merged the same way but is no proof that the writer still has the flow.
+  ApplyResult apply(const FlowRecord& record, Nanos now, bool fromWriter = true);
   ApplyResult apply(const FlowDelete& del, Nanos now);
+  // The results of apply(record, now) for each record, in order. Faster on a large table: the
+  // lookups of the records ahead start before the current one is applied, so their cache misses
+  // overlap instead of following one another (a receiver applies a datagram's records so).
+  std::vector<ApplyResult> applyBatch(std::span<const FlowRecord> records, Nanos now,
+                                      bool fromWriter = true);
 
-  // Removes live flows whose timeout ran out and tombstones past their TTL. Amortised
-  // O(expired + log n) per removal.
+  // Removes live flows whose timeout ran out and tombstones past their TTL. Amortised O(1) per
+  // removal, plus a scan of the timers of the current tick (about a second) per call.
   ExpireResult expire(Nanos now);
 
   // Bulk sweep. Between beginBulk and endBulk, every upsert written by `node` (version.node)
-  // marks its flow, whatever its outcome. endBulk removes the live flows owned by `node` that
-  // were not marked and returns how many; nullopt (nothing removed) when `bulkId` is not the
-  // bulk open for `node` (a newer bulk began, or none did). A new beginBulk for a node
-  // abandons that node's open bulk.
-  void beginBulk(uint16_t node, uint32_t bulkId);
-  std::optional<size_t> endBulk(uint16_t node, uint32_t bulkId);
+  // and applied with fromWriter marks its flow, whatever its outcome. endBulk removes the live flows owned by `node` that
+  // were not marked and were written before `startHlc` (the sender's clock when it took the
+  // bulk's snapshot: a later flow may simply have arrived before the bulk opened here), and
+  // returns how many; nullopt (nothing removed) when `bulkId` is not the
+  // bulk open for `node` (a newer bulk began, or none did). A beginBulk with another bulkId
+  // abandons that node's open bulk; one with the bulkId already open does nothing, so the
+  // marks made so far count: the sender repeats BulkBegin in every datagram of a bulk, so that
+  // the bulk opens even when its first datagram is lost.
+  void beginBulk(uint16_t node, uint32_t bulkId, uint64_t startHlc = UINT64_MAX);
+  // `removed`, when given, receives each swept flow's key and version.
+  std::optional<size_t> endBulk(uint16_t node, uint32_t bulkId,
+                                std::vector<FlowDelete>* removed = nullptr);
 
   // Anti-entropy. Range r holds the keys whose 32-bit hash (top half of flowKeyHash) h has
   // (h * ranges) >> 32 == r. The digest hash is the sum of a 64-bit hash of (key, version,
-  // merged status, merged tcpState) over the range's live flows (NAT-shadowed included,
+  // merged status, merged tcpState, the rest of the content) over the range's live flows (NAT-shadowed included,
   // tombstones not: they expire on local time), kept up to date in O(1) per change.
   uint32_t rangeCount() const { return static_cast<uint32_t>(ranges_.size()); }
   uint32_t rangeOf(const FlowKey& key) const;
@@ -156,51 +175,46 @@ class ReplicaTable {
   // change the table.
   template <typename F>
   void forEach(F&& f) const {
-    for (const auto& [key, e] : entries_) {
-      if (e.live) f(e.flow);
-    }
+    entries_.forEach([&f](uint32_t, const Entry& e) {
+      if (e.inUse && e.live) f(e.flow);
+    });
   }
   size_t size() const { return live_; }
   size_t tombstoneCount() const { return entries_.size() - live_; }
   size_t natShadowedCount() const { return shadowed_; }
   const ReplicaStats& stats() const { return stats_; }
+  // Bytes the table's structures hold (address space reserved but never written included).
+  size_t memoryBytes() const;
 
  private:
   struct Entry {
     ReplicaFlow flow;         // record.key is always set; the rest is valid when hasUpsert
-    uint32_t generation = 0;  // the only generation that counts (rule 1)
+    uint64_t keyHash = 0;     // flowKeyHash(key)
+    uint64_t digestItem = 0;  // contribution to its range's digest while live
+    Nanos tombstoneUntil = 0;
+    Nanos scheduled = 0;        // deadline of this entry's current timer in expiry_
+    uint64_t tombstoneHlc = 0;  // the tombstone is {generation, tombstoneHlc, tombstoneNode}
+    uint32_t generation = 0;    // the only generation that counts (rule 1)
+    uint32_t sweepMark = 0;
+    uint32_t replyHash = 0;  // where byReply_ holds the entry while live
+    uint16_t tombstoneNode = 0;
+    bool inUse = false;  // false: a free slab slot
     bool hasUpsert = false;
     bool hasTombstone = false;
     bool live = false;
-    Version tombstone;
-    Nanos tombstoneUntil = 0;
-    Nanos scheduled = 0;  // time of this entry's earliest item in expiry_
-    uint64_t keyHash = 0;
-    uint64_t digestItem = 0;  // contribution to its range's digest while live
-    uint64_t sweepMark = 0;
-  };
-  struct NatKey {
-    table::Tuple reply;
-    uint16_t zone = 0;
-    friend bool operator==(const NatKey&, const NatKey&) = default;
-  };
-  struct NatKeyHasher {
-    size_t operator()(const NatKey& k) const;
+
+    Version tombstone() const { return {generation, tombstoneHlc, tombstoneNode}; }
   };
   struct RangeSum {
     uint64_t hash = 0;
     uint32_t flows = 0;
   };
-  struct Timer {
-    Nanos at;
-    FlowKey key;
-    bool operator>(const Timer& o) const { return at > o.at; }
-  };
   struct OpenBulk {
     uint32_t bulkId;
-    uint64_t mark;
+    uint32_t mark;
+    uint64_t startHlc;
   };
-  // What the digest, the NAT index and the expiry queue saw of an entry before a change.
+  // What the digest, the NAT index and the expiry timers saw of an entry before a change.
   struct Before {
     bool live;
     table::Tuple reply;
@@ -208,25 +222,33 @@ class ReplicaTable {
     uint16_t createdNode;
   };
 
-  Entry& createEntry(const FlowKey& key);
-  Before before(const Entry& e) const {
+  ApplyResult applyHashed(const FlowRecord& r, uint32_t keyIndexHash, Nanos now,
+                          bool fromWriter);
+  void prefetchEntry(uint32_t id) const;
+  uint32_t find(const FlowKey& key, uint32_t keyIndexHash) const;  // id, or FlatIndex::kNone
+  uint32_t createEntry(const FlowKey& key, uint32_t keyIndexHash);
+  void removeEntry(uint32_t id);
+  static Before before(const Entry& e) {
     return {e.live, e.flow.record.reply, e.flow.createdHlc, e.flow.createdNode};
   }
-  std::optional<FlowKey> settle(Entry& e, const Before& b);
+  std::optional<FlowKey> settle(uint32_t id, const Before& b, Nanos now);
   uint32_t rangeOfHash(uint64_t keyHash) const;
-  void unlink(Entry& e);
-  std::optional<FlowKey> resolveNat(const NatKey& nk);
+  void unlink(uint32_t id);
+  std::optional<FlowKey> resolveNat(const table::Tuple& reply, uint16_t zone, uint32_t hash);
   void markBulk(Entry& e, uint16_t writer);
   Nanos deadline(const Entry& e) const;
+  void rebuildExpiry(Nanos now);
   static uint64_t digestItem(const Entry& e);
 
   ReplicaSettings settings_;
-  std::unordered_map<FlowKey, Entry, FlowKeyHasher> entries_;
-  std::unordered_map<NatKey, std::vector<FlowKey>, NatKeyHasher> byReply_;
+  flat::Slab<Entry> entries_;
+  flat::FlatIndex byKey_;    // index hash of the key -> entry
+  flat::FlatIndex byReply_;  // index hash of (reply, zone) -> the live entries with that reply
   std::vector<RangeSum> ranges_;
-  std::priority_queue<Timer, std::vector<Timer>, std::greater<>> expiry_;
+  flat::DeadlineWheel
+      expiry_;  // (deadline, id): current iff the entry is in use and scheduled there
   std::unordered_map<uint16_t, OpenBulk> bulks_;
-  uint64_t nextBulkMark_ = 1;
+  uint32_t nextBulkMark_ = 1;
   size_t live_ = 0;
   size_t shadowed_ = 0;
   ReplicaStats stats_;

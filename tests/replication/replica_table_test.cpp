@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <vector>
 
 #include "replication/hlc.hpp"
@@ -484,6 +485,186 @@ TEST(ReplicaTableTest, BulkSweepRemovesWhatTheOwnerNoLongerHas) {
   EXPECT_EQ(t.endBulk(1, 8), 1u);  // key 3000
   EXPECT_TRUE(t.get(key(3001)));
   EXPECT_EQ(t.size(), 3u);
+}
+
+TEST(ReplicaTableTest, RepeatedBulkBeginKeepsTheBulkOpen) {
+  // The sender repeats BulkBegin in every datagram of a bulk, so that the bulk opens even when
+  // the first datagram is lost: a repeat must keep the marks made so far.
+  ReplicaTable t(settings());
+  for (uint16_t p = 0; p < 4; ++p) t.apply(rec(key(3100 + p), ver(0, 10, 1)), kT0);
+  t.beginBulk(1, 9);
+  t.apply(rec(key(3100), ver(0, 10, 1)), kT0);
+  t.beginBulk(1, 9);  // the next datagram
+  t.apply(rec(key(3101), ver(0, 10, 1)), kT0);
+  t.beginBulk(1, 9);
+  EXPECT_EQ(t.endBulk(1, 9), 2u);
+  EXPECT_TRUE(t.get(key(3100)));
+  EXPECT_TRUE(t.get(key(3101)));
+  EXPECT_FALSE(t.get(key(3102)));
+  EXPECT_FALSE(t.get(key(3103)));
+  // Another id still abandons the open bulk, and its own marks start from nothing.
+  t.beginBulk(1, 10);
+  t.apply(rec(key(3100), ver(0, 10, 1)), kT0);
+  t.beginBulk(1, 11);
+  t.apply(rec(key(3101), ver(0, 10, 1)), kT0);
+  EXPECT_EQ(t.endBulk(1, 10), std::nullopt);
+  EXPECT_EQ(t.endBulk(1, 11), 1u);
+  EXPECT_FALSE(t.get(key(3100)));
+  EXPECT_TRUE(t.get(key(3101)));
+  // Once ended, the same id opens afresh.
+  t.beginBulk(1, 11);
+  EXPECT_EQ(t.endBulk(1, 11), 1u);
+  EXPECT_EQ(t.size(), 0u);
+}
+
+TEST(ReplicaTableTest, SweepSparesFlowsWrittenAfterTheBulkBegan) {
+  // The sender's live traffic overtakes its bulk: a flow it wrote after taking the snapshot
+  // may arrive before the bulk opens here, unmarked. It must survive the sweep.
+  ReplicaTable t(settings());
+  t.apply(rec(key(3200), ver(0, 10, 1)), kT0);  // stale: the owner no longer has it
+  t.apply(rec(key(3201), ver(0, 60, 1)), kT0);  // written after the snapshot (hlc 50)
+  t.beginBulk(1, 4, 50);
+  EXPECT_EQ(t.endBulk(1, 4), 1u);
+  EXPECT_FALSE(t.get(key(3200)));
+  EXPECT_TRUE(t.get(key(3201)));
+}
+
+TEST(ReplicaTableTest, DigestsSeeEveryFieldOfTheContent) {
+  // Two replicas with the same version but another mark, timeout or reply tuple differ.
+  ReplicaTable a(settings()), b(settings());
+  FlowRecord r = rec(key(3300), ver(0, 10, 1));
+  a.apply(r, kT0);
+  r.mark = 5;
+  b.apply(r, kT0);
+  EXPECT_NE(a.digest(a.rangeOf(r.key)), b.digest(b.rangeOf(r.key)));
+  ReplicaTable c(settings());
+  r.mark = 0;
+  c.apply(r, kT0);
+  EXPECT_EQ(a.digest(a.rangeOf(r.key)), c.digest(c.rangeOf(r.key)));
+}
+
+// ---- the table's own structures under churn ----
+
+FlowKey manyKey(uint32_t i) {
+  FlowKey k;
+  k.orig.src = table::Addr::v4(0x0a000000 + i);
+  k.orig.dst = table::Addr::v4(0xc0a80001 + i % 7);
+  k.orig.sport = static_cast<uint16_t>(1024 + i % 50000);
+  k.orig.dport = 443;
+  k.orig.l4 = table::proto::kTcp;
+  k.zone = static_cast<uint16_t>(i % 3 == 0 ? 1 : 0);
+  return k;
+}
+
+std::vector<FlowKey> liveKeys(const ReplicaTable& t) {
+  std::vector<FlowKey> keys;
+  t.forEach([&](const ReplicaFlow& f) { keys.push_back(f.record.key); });
+  std::sort(keys.begin(), keys.end(), flowKeyLess);
+  return keys;
+}
+
+TEST(ReplicaTableTest, ChurnThroughExpiryReusesSlotsAndForEachSeesEveryLiveFlow) {
+  // Thousands of flows with spread timeouts, deletes, expiry in steps, then a second population
+  // in the freed slots: counts, forEach and lookups agree with a plain model at every step.
+  ReplicaTable t(settings(seconds(60)));
+  constexpr uint32_t kFlows = 6000;
+  std::map<uint32_t, Nanos> liveUntil;  // flow index -> deadline
+  std::map<uint32_t, Nanos> tombUntil;
+  for (uint32_t i = 0; i < kFlows; ++i) {
+    const uint32_t timeout = 1 + i % 200;
+    ASSERT_EQ(
+        t.apply(rec(manyKey(i), ver(0, 10, 1), TcpState::kEstablished, st::kConfirmed, timeout),
+                kT0)
+            .outcome,
+        ApplyOutcome::kInserted);
+    liveUntil[i] = kT0 + seconds(timeout);
+  }
+  for (uint32_t i = 0; i < kFlows; i += 5) {
+    t.apply(FlowDelete{manyKey(i), ver(0, 20, 1)}, kT0 + seconds(1) / 2);
+    liveUntil.erase(i);
+    tombUntil[i] = kT0 + seconds(1) / 2 + seconds(60);
+  }
+  auto check = [&](Nanos now) {
+    ASSERT_EQ(t.size(), liveUntil.size()) << now - kT0;
+    ASSERT_EQ(t.tombstoneCount(), tombUntil.size()) << now - kT0;
+    std::vector<FlowKey> want;
+    for (const auto& [i, until] : liveUntil) want.push_back(manyKey(i));
+    std::sort(want.begin(), want.end(), flowKeyLess);
+    ASSERT_EQ(liveKeys(t), want);
+  };
+  check(kT0);
+  for (Nanos now = kT0; now <= kT0 + seconds(250); now += seconds(1) / 3) {
+    const ExpireResult r = t.expire(now);
+    size_t flows = 0, tombs = 0;
+    std::erase_if(liveUntil, [&](const auto& p) { return p.second <= now && ++flows; });
+    std::erase_if(tombUntil, [&](const auto& p) { return p.second <= now && ++tombs; });
+    ASSERT_EQ(r.flows, flows);
+    ASSERT_EQ(r.tombstones, tombs);
+    if ((now - kT0) % seconds(10) < seconds(1) / 3) check(now);
+  }
+  check(kT0 + seconds(250));
+  EXPECT_EQ(t.size(), 0u);
+
+  // A second population lands in the freed slots; the first one's keys are gone for good.
+  const Nanos t1 = kT0 + seconds(300);
+  for (uint32_t i = kFlows; i < 2 * kFlows; ++i) {
+    ASSERT_EQ(t.apply(rec(manyKey(i), ver(0, 30, 2)), t1).outcome, ApplyOutcome::kInserted);
+    liveUntil[i] = t1 + seconds(300);
+  }
+  check(t1);
+  for (uint32_t i = 0; i < 2 * kFlows; i += 97) {
+    EXPECT_EQ(t.get(manyKey(i)).has_value(), i >= kFlows) << i;
+  }
+  EXPECT_EQ(t.expire(t1 + seconds(299)).flows, 0u);
+  EXPECT_EQ(t.expire(t1 + seconds(300)).flows, kFlows);
+}
+
+TEST(ReplicaTableTest, StaleTimersOfAForgottenFlowDoNotTouchItsSuccessor) {
+  ReplicaTable t(settings(seconds(60)));
+  const FlowKey a = key(3200), b = key(3201);
+  t.apply(rec(a, ver(0, 10, 1), TcpState::kEstablished, st::kConfirmed, 100), kT0);
+  t.apply(FlowDelete{a, ver(0, 20, 1)}, kT0);  // timer at +60 s; the one at +100 s is stale
+  EXPECT_EQ(t.expire(kT0 + seconds(60)).tombstones, 1u);
+  // b takes a's slot, with a deadline at a's stale timer, then is refreshed further.
+  t.apply(rec(b, ver(0, 10, 1), TcpState::kEstablished, st::kConfirmed, 40), kT0 + seconds(60));
+  t.apply(rec(b, ver(0, 11, 1), TcpState::kEstablished, st::kConfirmed, 100), kT0 + seconds(90));
+  EXPECT_EQ(t.expire(kT0 + seconds(100)).flows, 0u);
+  EXPECT_EQ(t.expire(kT0 + seconds(189)).flows, 0u);
+  EXPECT_TRUE(t.get(b));
+  EXPECT_EQ(t.expire(kT0 + seconds(190)).flows, 1u);
+  EXPECT_EQ(t.size() + t.tombstoneCount(), 0u);
+}
+
+TEST(ReplicaTableTest, DeadlinesMovingEarlierOverAndOverStayExact) {
+  // Every newer record brings a shorter timeout, so each leaves a timer behind: the table must
+  // not pile them up without bound, and the flow still expires at its last deadline.
+  ReplicaTable t(settings());
+  const FlowKey k = key(3300);
+  for (uint32_t i = 0; i < 100'000; ++i) {
+    t.apply(rec(k, ver(0, 10 + i, 1), TcpState::kEstablished, st::kConfirmed, 200'000 - i), kT0);
+  }
+  EXPECT_LT(t.memoryBytes(), size_t{1} << 20);  // 100'000 timers would take 1.6 MB
+  EXPECT_EQ(t.expire(kT0 + seconds(100'000)).flows, 0u);
+  EXPECT_EQ(t.expire(kT0 + seconds(100'001)).flows, 1u);
+}
+
+TEST(ReplicaTableTest, TimeoutsOfDaysAndLongClockJumps) {
+  // Beyond the timer wheel's horizon (about an hour) and past it in one step.
+  ReplicaTable t(settings());
+  for (uint16_t p = 0; p < 100; ++p) {
+    t.apply(rec(key(3400 + p), ver(0, 10, 1), TcpState::kEstablished, st::kConfirmed,
+                432000 - 3600u * p),
+            kT0);
+  }
+  EXPECT_EQ(t.expire(kT0 + seconds(3600)).flows, 0u);                 // the earliest is due at 21 h
+  EXPECT_EQ(t.expire(kT0 + seconds(432000 - 3600 * 90)).flows, 10u);  // p = 90..99
+  size_t expired = 0;
+  for (Nanos now = kT0 + seconds(432000 - 3600 * 90 + 1800); now <= kT0 + seconds(432000);
+       now += seconds(1800)) {
+    expired += t.expire(now).flows;
+  }
+  EXPECT_EQ(expired, 90u);
+  EXPECT_EQ(t.size(), 0u);
 }
 
 // ---- digests ----
