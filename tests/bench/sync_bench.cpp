@@ -289,19 +289,6 @@ void bulk(uint32_t flows) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
   const auto c = a.call([&] { return a.node().engine().counters(); });
-  if (std::getenv("SYNC_BENCH_DEBUG") != nullptr) {
-    const auto d = b.call([&] { return b.node().engine().counters(); });
-    std::printf("debug: a sent %llu dgrams, %llu resent, pacing waits %llu, nacks rx %llu; b rx "
-                "%llu dgrams, nacks %llu, auth drops replay %llu badmac %llu\n",
-                (unsigned long long)c.datagramsSent, (unsigned long long)c.resentRecords,
-                (unsigned long long)c.pacingWaits, (unsigned long long)c.nacksReceived,
-                (unsigned long long)d.datagramsReceived, (unsigned long long)d.nacksSent,
-                (unsigned long long)d.authDrops[static_cast<size_t>(DropReason::kReplay)],
-                (unsigned long long)d.authDrops[static_cast<size_t>(DropReason::kBadMac)]);
-    const auto ch = b.call([&] { return b.node().channel().stats(); });
-    std::printf("debug: b link rx %llu, rcvbuf %zu\n",
-                (unsigned long long)ch.links[0].datagramsReceived, ch.links[0].rcvbufBytes);
-  }
   if (s < 0) {
     std::printf("bulk: did not complete in 30 s\n");
     ++failures;
