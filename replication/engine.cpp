@@ -502,8 +502,11 @@ void Engine::startBulk(Nanos now) {
   auto keys = std::make_shared<std::vector<FlowKey>>();
   keys->reserve(replica_.size() + localTombstones_.size());
   replica_.forEach([&](const ReplicaFlow& f) { keys->push_back(f.record.key); });
-  for (const auto& [key, l] : local_) {
-    if (!l.live) keys->push_back(key);
+  for (const auto& [until, key] : localTombstones_) {
+    const auto it = local_.find(key);
+    if (it != local_.end() && !it->second.live && it->second.tombstoneUntil == until) {
+      keys->push_back(key);  // its latest delete (an older entry of a key deleted again is not)
+    }
   }
   bulk_ = std::make_unique<Bulk>();
   bulk_->id = nextBulkId_++;

@@ -24,61 +24,23 @@
 #include "replication/codec.hpp"
 #include "replication/replica_table.hpp"
 #include "table/tcp.hpp"
+#include "tests/bench/bench_util.hpp"
 
 using namespace ctsync::replication;
 using ctsync::table::Nanos;
 using ctsync::table::seconds;
 namespace st = ctsync::table::status;
+using namespace ctsync::bench;
 
 namespace {
 
 constexpr Nanos kT0 = seconds(1'700'000'000);
 constexpr uint16_t kPeer = 1;
-using Clock = std::chrono::steady_clock;
-
-double secondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-size_t rssBytes() {
-  std::ifstream f("/proc/self/statm");
-  size_t pages = 0, resident = 0;
-  f >> pages >> resident;
-  return resident * 4096;
-}
-
-// Transparent huge pages backing this process (the table asks for them).
-size_t hugeBytes() {
-  std::ifstream f("/proc/self/smaps_rollup");
-  std::string key;
-  size_t kb = 0;
-  while (f >> key) {
-    if (key == "AnonHugePages:") {
-      f >> kb;
-      return kb * 1024;
-    }
-  }
-  return 0;
-}
 
 // Bytes handed out by malloc (mmap'd chunks included), for allocation accounting beside RSS.
 size_t heapBytes() {
   const struct mallinfo2 m = mallinfo2();
   return m.uordblks + m.hblkhd;
-}
-
-// This machine is a shared VM: the same work varies by up to a quarter between runs. Every
-// figure is measured kReps times and printed as median (best, worst).
-constexpr int kReps = 5;
-
-struct Spread {
-  double median, best, worst;
-};
-
-// For costs: lower is better.
-Spread spread(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return {v[v.size() / 2], v.front(), v.back()};
 }
 
 bool full = true;  // figures at the scale their targets are set for (not --quick)
@@ -190,7 +152,7 @@ int insert(const std::vector<FlowRecord>& flows) {
       const std::string what = std::string(pathName(path)) + ", new flows into " +
                                std::to_string(flows.size()) + ", " +
                                (reserve ? "after reserve()" : "no reserve()");
-      report(what.c_str(), "ns/record", spread(ns), reserve ? 400 : 0);
+      report(what.c_str(), "ns/record", spreadOfCosts(ns), reserve ? 400 : 0);
       rc |= failed(what.c_str(), wrong);
     }
   }
@@ -223,8 +185,8 @@ int update(std::vector<FlowRecord> flows) {
     }
     const std::string how = std::string(pathName(path)) + ", ";
     const std::string at = " of " + std::to_string(flows.size()) + " held flows";
-    report((how + "newer versions" + at).c_str(), "ns/record", spread(upd), 250);
-    report((how + "duplicates (same version)" + at).c_str(), "ns/record", spread(dup), 150);
+    report((how + "newer versions" + at).c_str(), "ns/record", spreadOfCosts(upd), 250);
+    report((how + "duplicates (same version)" + at).c_str(), "ns/record", spreadOfCosts(dup), 150);
     rc |= failed("update", wrongUpd) | failed("duplicate", wrongDup);
   }
   return rc;
@@ -245,7 +207,7 @@ int expire(const std::vector<FlowRecord>& flows) {
     rc |= failed("expire all", r.flows != flows.size() || t.size() != 0);
   }
   report(("expire, " + std::to_string(flows.size()) + " flows all due").c_str(), "ns/flow",
-         spread(all), 0);
+         spreadOfCosts(all), 0);
 
   // Steady state: timeouts spread over an hour, expire() every 100 ms of it.
   std::vector<FlowRecord> spreadOut = flows;
@@ -269,7 +231,7 @@ int expire(const std::vector<FlowRecord>& flows) {
   }
   report(("expire, " + std::to_string(flows.size()) + " flows due over 1 h, expire() every 100 ms")
              .c_str(),
-         "ns/flow", spread(steady), 0, "; " + std::to_string(calls) + " calls");
+         "ns/flow", spreadOfCosts(steady), 0, "; " + std::to_string(calls) + " calls");
   return rc;
 }
 
@@ -378,7 +340,7 @@ int resync(const std::vector<FlowRecord>& flows) {
       apply.push_back(secs - unwrapSecs);
       wrong += t.size() != flows.size();
     }
-    const Spread u = spread(unwrap), a = spread(apply);
+    const Spread u = spreadOfCosts(unwrap), a = spreadOfCosts(apply);
     char extra[160];
     std::snprintf(extra, sizeof extra,
                   "; %zu datagrams; of the median: open + decode %.3f s, the rest %.3f s",
@@ -386,7 +348,7 @@ int resync(const std::vector<FlowRecord>& flows) {
     report(("bulk resync end to end, " + std::to_string(flows.size()) +
             " flows into an empty table, " + pathName(path) + " per datagram")
                .c_str(),
-           "s", spread(total), 0, extra, 3);
+           "s", spreadOfCosts(total), 0, extra, 3);
   }
   if (full) std::printf("  (target: well under 2 s)\n");
   return failed("resync", wrong);

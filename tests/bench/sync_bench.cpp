@@ -27,16 +27,14 @@
 
 #include "replication/node.hpp"
 #include "table/tcp.hpp"
+#include "tests/bench/bench_util.hpp"
 
 using namespace ctsync;
 using namespace ctsync::replication;
+using namespace ctsync::bench;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double secondsSince(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
 
 FlowRecord flow(uint32_t i, uint32_t pass = 0) {
   FlowRecord f;

@@ -16,40 +16,16 @@
 #include <vector>
 
 #include "table/tracker.hpp"
+#include "tests/bench/bench_util.hpp"
 #include "tests/support/packet_builder.hpp"
 
 using namespace ctsync::table;
 using namespace ctsync::testing;
+using namespace ctsync::bench;
 
 namespace {
 
 constexpr Nanos kT0 = seconds(1'700'000'000);
-using Clock = std::chrono::steady_clock;
-
-double secondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// Transparent huge pages backing this process (the table asks for them).
-size_t hugeBytes() {
-  std::ifstream f("/proc/self/smaps_rollup");
-  std::string key;
-  size_t kb = 0;
-  while (f >> key) {
-    if (key == "AnonHugePages:") {
-      f >> kb;
-      return kb * 1024;
-    }
-  }
-  return 0;
-}
-
-size_t rssBytes() {
-  std::ifstream f("/proc/self/statm");
-  size_t pages = 0, resident = 0;
-  f >> pages >> resident;
-  return resident * 4096;
-}
 
 uint32_t clientOf(uint32_t i) {
   return v4(10, static_cast<uint8_t>(1 + (i >> 16)), 0, 0) | (i & 0xffff);
@@ -115,19 +91,6 @@ struct Result {
   uint64_t wrong;
 };
 
-// This machine is a shared VM: the same work varies by up to a quarter between runs. Every
-// figure is measured kReps times and printed as median (best, worst).
-constexpr int kReps = 5;
-
-struct Spread {
-  double median, best, worst;
-};
-
-Spread spread(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return {v[v.size() / 2], v.back(), v.front()};
-}
-
 Result run(Tracker& t, const std::vector<RawPacket>& order, uint64_t minPackets, Nanos now) {
   // Bursts as a NIC poll loop hands them over (DPDK and AF_XDP use 32-256).
   constexpr size_t kBurst = 256;
@@ -173,7 +136,7 @@ int established(uint32_t flows, bool shuffle, uint64_t minPackets, double target
     packets += r.packets;
     wrong += r.wrong;
   }
-  const Spread sp = spread(rates);
+  const Spread sp = spreadOfRates(rates);
   std::printf(
       "established, %u flows, %s order: %.2f Mpps median (best %.2f, worst %.2f; %llu packets;"
       " %zu MiB of huge pages) target >= %.0f%s\n",
@@ -222,7 +185,7 @@ int connections(uint32_t perRound, int rounds, double target) {
     t.advance(now);
     rates.push_back(perRound / secondsSince(start) / 1e6);
   }
-  const Spread sp = spread(rates);
+  const Spread sp = spreadOfRates(rates);
   std::printf(
       "whole TCP connections (8 packets each, create + destroy): %.2f M/s median of %d rounds"
       " (best %.2f, worst %.2f; %llu connections) target >= %.0f%s\n",
