@@ -117,6 +117,13 @@ void Engine::writeLocalDelete(const FlowKey& key, Version version, Nanos now) {
   enqueueLocal(l, now);
 }
 
+void Engine::forget(const std::vector<FlowDelete>& removed, Nanos now) {
+  for (const FlowDelete& d : removed) {
+    swept_[d.key] = d.version;
+    sweptExpiry_.emplace_back(now + settings_.replica.tombstoneTtl, d.key);
+  }
+}
+
 void Engine::expireLocal(Nanos now) {
   while (!sweptExpiry_.empty() && sweptExpiry_.front().first <= now) {
     swept_.erase(sweptExpiry_.front().second);
@@ -307,6 +314,7 @@ void Engine::handleRecord(Peer& p, const Record& record, Nanos now,
           p.lastBulkId = r.bulkId;
           replica_.beginBulk(p.node, r.bulkId, r.startHlc);
           p.bulkOpen = r.bulkId;
+          p.bulkOpenedAt = now;
           p.bulkStartHlc = r.startHlc;
           p.sweepPending.reset();
           p.resyncWanted = false;
@@ -438,6 +446,17 @@ void Engine::handleNack(Peer& p, const Nack& n, Nanos now) {
     for (const FlowKey& k : *keys) enqueueKey(k, now);
     counters_.resentRecords += keys->size();
   }
+  // The last bulk's end rode in a datagram that is asked for: it goes again, after the resent
+  // flows (a receiver sweeps only once it has everything before it anyway).
+  if (bulkEnd_ && !bulk_) {
+    for (const SeqRange& r : ranges) {
+      if (r.first <= bulkLastSeq_ && bulkLastSeq_ <= r.last) {
+        enqueueRecord(*bulkEnd_, now);
+        ++counters_.bulkEndsResent;
+        break;
+      }
+    }
+  }
   // After the resent state in the stream: the receiver stops waiting for the old datagrams.
   enqueueRecord(Covered{std::move(ranges)}, now, p.node);
 }
@@ -513,6 +532,7 @@ void Engine::startBulk(Nanos now) {
   bulk_->startHlc = hlc_.now(wallMs(now));
   bulk_->startSeq = log_.lastSeq();
   bulkMarker_ = BulkBegin{bulk_->id, bulk_->startHlc};
+  bulkEnd_.reset();
   if (nextBulkId_ == 0) nextBulkId_ = 1;
   bulk_->keys = std::move(keys);
 }
@@ -530,8 +550,9 @@ void Engine::requestResync(Nanos now) {
 
 void Engine::poll(Nanos now) {
   expireLocal(now);
-  const ExpireResult expired = replica_.expire(now);
-  (void)expired;
+  std::vector<FlowDelete> expired;
+  replica_.expire(now, &expired);
+  if (!expired.empty()) forget(expired, now);
   runPeerTimers(now);
   runDigests(now);
   if (now >= aliveAt_) {
@@ -587,13 +608,17 @@ void Engine::runPeerTimers(Nanos now) {
       ++counters_.resyncRequestsSent;
       p.resyncAt = now + settings_.resyncRetry;
     }
+    if (p.bulkOpen && !p.sweepPending && !p.resyncWanted &&
+        now - p.bulkOpenedAt > 20 * settings_.resyncRetry) {
+      // A bulk that never ended (its end lost beyond repair): ask for a new one.
+      ++counters_.bulksStuck;
+      p.resyncWanted = true;
+      p.resyncAt = now;
+    }
     if (p.sweepPending && p.in.complete()) {
       std::vector<FlowDelete> removed;
       if (const auto swept = replica_.endBulk(node, *p.sweepPending, &removed)) {
-        for (const FlowDelete& d : removed) {
-          swept_[d.key] = d.version;
-          sweptExpiry_.emplace_back(now + settings_.replica.tombstoneTtl, d.key);
-        }
+        forget(removed, now);
         ++counters_.sweeps;
         counters_.sweptFlows += *swept;
       }
@@ -727,7 +752,10 @@ bool Engine::sendBulkDatagram(Nanos now) {
     }
   }
   bool done = false;
-  if (b.cursor == keys.size() && builder_.add(BulkEnd{b.id, b.records})) done = true;
+  if (b.cursor == keys.size() && builder_.add(BulkEnd{b.id, b.records})) {
+    done = true;
+    bulkEnd_ = BulkEnd{b.id, b.records};
+  }
   const uint64_t seq = log_.next();
   bulkLastSeq_ = seq;
   log_.sentBulk(seq, b.keys, begin, b.cursor);
@@ -806,6 +834,9 @@ Nanos Engine::nextWakeup() const {
     if (p.nackAt != 0) soon(p.nackAt);
     if (p.resyncWanted) soon(p.resyncAt);
     if (p.sweepPending && p.in.complete()) soon(0);
+    if (p.bulkOpen && !p.sweepPending && !p.resyncWanted) {
+      soon(p.bulkOpenedAt + 20 * settings_.resyncRetry + 1);
+    }
   }
   return at;
 }
@@ -834,7 +865,8 @@ bool Engine::idle(Nanos now) const {
   if (!queue_.empty() || bulk_ || !control_.empty()) return false;
   for (const auto& [node, p] : peers_) {
     if (!p.up || now - p.lastHeard > settings_.peerTimeout) continue;
-    if (p.acked < log_.lastSeq() || !p.in.complete() || p.sweepPending || p.resyncWanted) {
+    if (p.acked < log_.lastSeq() || !p.in.complete() || p.sweepPending || p.resyncWanted ||
+        p.bulkOpen) {
       return false;
     }
   }

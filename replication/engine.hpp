@@ -127,7 +127,9 @@ struct EngineCounters {
   uint64_t bulksReceived = 0;  // BulkEnd received for an open bulk
   uint64_t sweeps = 0;
   uint64_t sweptFlows = 0;
-  uint64_t sweptRelaysBlocked = 0;  // relayed copies of swept flows not let back in
+  uint64_t sweptRelaysBlocked = 0;  // relayed copies of swept or expired flows not let back in
+  uint64_t bulkEndsResent = 0;      // a lost BulkEnd sent again
+  uint64_t bulksStuck = 0;          // a peer's bulk that never ended: asked for another
   uint64_t peerRestarts = 0;  // a known peer came back with a new epoch
   uint64_t digestsReceived = 0;
   uint64_t digestMismatches = 0;  // ranges found different while in sync
@@ -243,6 +245,7 @@ class Engine {
     bool resyncWanted = false;
     Nanos resyncAt = 0;
     std::optional<uint32_t> bulkOpen;
+    Nanos bulkOpenedAt = 0;
     std::optional<uint32_t> lastBulkId;  // newest bulk seen in its current epoch
     uint64_t bulkStartHlc = 0;
     std::optional<uint32_t> sweepPending;
@@ -320,13 +323,16 @@ class Engine {
   // must still count for the bulk at a receiver whose copy of the bulk's start was lost too.
   std::optional<BulkBegin> bulkMarker_;
   uint64_t bulkLastSeq_ = 0;
+  std::optional<BulkEnd> bulkEnd_;  // the last bulk's end, sent again if its datagram is lost
   bool bulkAgain_ = false;
   uint32_t nextBulkId_ = 1;
 
-  // Flows removed by a sweep, for tombstoneTtl: copies relayed by other nodes (bulks, digest
-  // repairs) of the same or an older version must not bring them back; only their writer can.
+  // Flows removed without a tombstone — swept, or expired here — for tombstoneTtl: copies
+  // relayed by other nodes (bulks, digest repairs) of the same or an older version must not
+  // bring them back (nor renew an expired flow's timeout); only their writer can.
   std::unordered_map<FlowKey, Version, FlowKeyHasher> swept_;
   std::deque<std::pair<Nanos, FlowKey>> sweptExpiry_;
+  void forget(const std::vector<FlowDelete>& removed, Nanos now);
 
   std::map<uint16_t, Peer> peers_;
   uint64_t authSeq_ = 0;  // envelope sequence: every datagram

@@ -535,7 +535,7 @@ uint64_t ReplicaTable::digestItem(const Entry& e) {
   return h;
 }
 
-ExpireResult ReplicaTable::expire(Nanos now) {
+ExpireResult ReplicaTable::expire(Nanos now, std::vector<FlowDelete>* expiredFlows) {
   ExpireResult res;
   expiry_.popDue(now, [&](const flat::DeadlineWheel::Item& t) {
     // A timer is current iff its entry is in use and scheduled at its time. A stale one of an
@@ -551,6 +551,9 @@ ExpireResult ReplicaTable::expire(Nanos now) {
     if (e.live) {
       ++res.flows;
       ++stats_.flowsExpired;
+      if (expiredFlows != nullptr) {
+        expiredFlows->push_back({e.flow.record.key, e.flow.record.version});
+      }
     } else {
       ++res.tombstones;
       ++stats_.tombstonesExpired;

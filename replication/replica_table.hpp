@@ -142,7 +142,8 @@ class ReplicaTable {
 
   // Removes live flows whose timeout ran out and tombstones past their TTL. Amortised O(1) per
   // removal, plus a scan of the timers of the current tick (about a second) per call.
-  ExpireResult expire(Nanos now);
+  // `expiredFlows`, when given, receives each expired live flow's key and version.
+  ExpireResult expire(Nanos now, std::vector<FlowDelete>* expiredFlows = nullptr);
 
   // Bulk sweep. Between beginBulk and endBulk, every upsert written by `node` (version.node)
   // and applied with fromWriter marks its flow, whatever its outcome. endBulk removes the live flows owned by `node` that

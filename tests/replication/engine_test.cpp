@@ -135,6 +135,55 @@ TEST(EngineTest, TailLossIsNoticedThroughAlive) {
   EXPECT_EQ(c.node(0).counters().bulksSent, 0u);  // the resend queue had it: no bulk
 }
 
+TEST(EngineTest, ALostBulkEndIsSentAgainAndTheSweepHappens) {
+  Cluster c(2, 5);
+  c.runFor(10 * kMillisecond);
+  for (uint32_t i = 0; i < 300; ++i) c.node(0).upsert(flow(1, i), c.now());
+  ASSERT_TRUE(c.settle(kSecond));
+  c.stop(0);
+  c.runFor(100 * kMillisecond);
+  c.start(0);
+  int dropped = 0;
+  c.dropIf = [&](size_t from, size_t to, const Decoded& d) {
+    for (const Record& r : d.records) {
+      if (from == 0 && to == 1 && dropped == 0 && std::holds_alternative<BulkEnd>(r)) {
+        ++dropped;
+        return true;
+      }
+    }
+    return false;
+  };
+  for (uint32_t i = 0; i < 295; ++i) c.node(0).upsert(flow(1, i), c.now());
+  ASSERT_TRUE(c.settle(10 * kSecond)) << c.describe();
+  EXPECT_EQ(dropped, 1);
+  expectReplicas(c, localsOf(c), "lost BulkEnd");
+  EXPECT_EQ(c.node(1).counters().sweptFlows, 5u);
+  EXPECT_GE(c.node(0).counters().bulkEndsResent, 1u);
+}
+
+TEST(EngineTest, ExpiredFlowsAreNotRenewedByCopiesFromOtherReplicas) {
+  // The owner is gone; two replicas got its short-lived flow 1.5 s apart. When the first one
+  // expires it, the other's digest repair must not bring it back with a fresh timeout (the two
+  // would keep renewing it for each other for ever).
+  Cluster c(3, 11);
+  c.runFor(10 * kMillisecond);
+  FlowRecord f = flow(1, 1);
+  f.timeoutSec = 5;
+  c.cut(0, 2, false);
+  c.node(0).upsert(f, c.now());
+  c.runFor(1500 * kMillisecond);
+  c.heal();
+  ASSERT_TRUE(c.settle(kSecond));
+  ASSERT_TRUE(c.node(1).replica().get(f.key));
+  ASSERT_TRUE(c.node(2).replica().get(f.key));
+  c.stop(0);
+  c.runFor(30 * kSecond);  // many digest rounds
+  EXPECT_FALSE(c.node(1).replica().get(f.key));
+  EXPECT_FALSE(c.node(2).replica().get(f.key));
+  EXPECT_GT(c.node(1).counters().sweptRelaysBlocked + c.node(2).counters().sweptRelaysBlocked,
+            0u);
+}
+
 TEST(EngineTest, GapOlderThanTheResendLogIsFilledByABulk) {
   EngineSettings s = Cluster::defaults();
   s.resendLogFlows = 50;

@@ -3,6 +3,7 @@
 // duplicates, reorders, delays and partitions datagrams, driven by a manual clock. No sleeps,
 // no sockets; a seed fixes everything.
 #include <algorithm>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -16,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "replication/auth.hpp"
+#include "replication/codec.hpp"
 #include "replication/engine.hpp"
 
 namespace ctsync::replication::sim {
@@ -60,6 +62,9 @@ class Cluster {
   Engine& node(size_t i) { return *nodes_[i].engine; }
   bool running(size_t i) const { return nodes_[i].engine != nullptr; }
   LinkFaults& faults() { return faults_; }
+  // Drops the datagrams from `from` to `to` for which it returns true (as well as the random
+  // faults): a test aims at one kind of datagram.
+  std::function<bool(size_t from, size_t to, const Decoded&)> dropIf;
   uint64_t delivered() const { return delivered_; }
   uint64_t dropped() const { return dropped_; }
 
@@ -201,7 +206,7 @@ class Cluster {
   void transmit(size_t from, std::span<const uint8_t> d) {
     for (size_t to = 0; to < nodes_.size(); ++to) {
       if (to == from) continue;  // multicast loopback is off
-      if (blocked_.count({from, to}) != 0 || uniform() < faults_.loss) {
+      if (blocked_.count({from, to}) != 0 || uniform() < faults_.loss || aimedAt(from, to, d)) {
         ++dropped_;
         continue;
       }
@@ -212,6 +217,17 @@ class Cluster {
         inFlight_.push(InFlight{at, order_++, to, std::vector<uint8_t>(d.begin(), d.end())});
       }
     }
+  }
+
+  bool aimedAt(size_t from, size_t to, std::span<const uint8_t> d) {
+    if (!dropIf) return false;
+    Opener opener(key_, base_.clusterId, base_.authMode);  // fresh: no replay state
+    auto opened = opener.open(d);
+    const auto* o = std::get_if<Opened>(&opened);
+    if (o == nullptr) return false;
+    auto decoded = decode(o->payload);
+    const auto* dd = std::get_if<Decoded>(&decoded);
+    return dd != nullptr && dropIf(from, to, *dd);
   }
 
   std::mt19937_64 rng_;
