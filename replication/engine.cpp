@@ -57,26 +57,26 @@ Version Engine::stamp(uint32_t generation, Nanos now) {
 }
 
 std::optional<FlowRecord> Engine::local(const FlowKey& key) const {
-  const auto it = local_.find(key);
-  if (it == local_.end() || !it->second.live) return std::nullopt;
-  return it->second.record;
+  const Local* l = local_.find(key);
+  if (l == nullptr || !l->live) return std::nullopt;
+  return l->record;
 }
 
 void Engine::upsert(const FlowRecord& flow, Nanos now) {
-  auto [it, fresh] = local_.try_emplace(flow.key);
+  auto [l, fresh] = local_.tryEmplace(flow.key);
   uint32_t generation = flow.version.generation;
   if (!fresh) {
-    const uint32_t held = it->second.record.version.generation;
+    const uint32_t held = l->record.version.generation;
     // A flow created again after its delete is a new life: its sticky flags start afresh.
-    generation = std::max(generation, it->second.live ? held : held + 1);
+    generation = std::max(generation, l->live ? held : held + 1);
   }
-  setLocal(it->second, flow, stamp(generation, now), now);
+  setLocal(*l, flow, stamp(generation, now), now);
 }
 
 void Engine::remove(const FlowKey& key, Nanos now) {
-  const auto it = local_.find(key);
-  if (it == local_.end() || !it->second.live) return;
-  writeLocalDelete(key, stamp(it->second.record.version.generation, now), now);
+  const Local* l = local_.find(key);
+  if (l == nullptr || !l->live) return;
+  writeLocalDelete(key, stamp(l->record.version.generation, now), now);
 }
 
 void Engine::adoptAll(Nanos now) {
@@ -92,7 +92,7 @@ void Engine::adoptAll(Nanos now) {
 
 void Engine::writeLocal(FlowRecord record, Nanos now) {
   const Version version = record.version;
-  setLocal(local_[record.key], record, version, now);
+  setLocal(*local_.tryEmplace(record.key).first, record, version, now);
 }
 
 void Engine::setLocal(Local& l, const FlowRecord& record, Version version, Nanos now) {
@@ -105,7 +105,7 @@ void Engine::setLocal(Local& l, const FlowRecord& record, Version version, Nanos
 }
 
 void Engine::writeLocalDelete(const FlowKey& key, Version version, Nanos now) {
-  Local& l = local_[key];
+  Local& l = *local_.tryEmplace(key).first;
   if (l.live) --localLive_;
   l.live = false;
   l.record = FlowRecord{};
@@ -130,25 +130,24 @@ void Engine::expireLocal(Nanos now) {
     sweptExpiry_.pop_front();
   }
   while (!localTombstones_.empty() && localTombstones_.front().first <= now) {
-    const auto it = local_.find(localTombstones_.front().second);
+    const Local* l = local_.find(localTombstones_.front().second);
     // An entry still queued stays until its item went out (the item points to it).
     const FlowKey key = localTombstones_.front().second;
     localTombstones_.pop_front();
-    if (it != local_.end() && !it->second.live && it->second.tombstoneUntil <= now) {
-      if (it->second.queued) {
+    if (l != nullptr && !l->live && l->tombstoneUntil <= now) {
+      if (l->queued) {
         localTombstones_.emplace_back(now + table::kSecond, key);  // once its item went out
       } else {
-        local_.erase(it);
+        local_.erase(key);
       }
     }
   }
 }
 
 std::optional<Record> Engine::currentState(const FlowKey& key) const {
-  const auto it = local_.find(key);
-  if (it != local_.end()) {
-    if (it->second.live) return Record{it->second.record};
-    return Record{FlowDelete{key, it->second.record.version}};
+  if (const Local* l = local_.find(key)) {
+    if (l->live) return Record{l->record};
+    return Record{FlowDelete{key, l->record.version}};
   }
   if (auto f = replica_.get(key)) return Record{f->record};
   if (auto v = replica_.tombstone(key)) return Record{FlowDelete{key, *v}};
@@ -166,9 +165,8 @@ void Engine::enqueueLocal(Local& l, Nanos now) {
 }
 
 void Engine::enqueueKey(const FlowKey& key, Nanos now) {
-  const auto it = local_.find(key);
-  if (it != local_.end()) {
-    enqueueLocal(it->second, now);
+  if (Local* l = local_.find(key)) {
+    enqueueLocal(*l, now);
     return;
   }
   if (!queued_.insert(key).second) return;
@@ -357,9 +355,9 @@ void Engine::handleUpsert(const FlowRecord& r, uint16_t from, Nanos now) {
     return;
   }
   // A record in our name. Older than our state, or our state itself: harmless, merge it.
-  const auto it = local_.find(r.key);
-  if (it != local_.end()) {
-    const Local& l = it->second;
+  Local* const mine = local_.find(r.key);
+  if (mine != nullptr) {
+    const Local& l = *mine;
     const Version& held = l.record.version;
     if (r.version < held || (r.version == held && l.live && sameContent(r, l.record))) {
       countApply(replica_.apply(r, now));
@@ -370,10 +368,10 @@ void Engine::handleUpsert(const FlowRecord& r, uint16_t from, Nanos now) {
   // again in a new generation, which supersedes it everywhere.
   ++counters_.ownerReasserts;
   uint32_t generation = r.version.generation;
-  if (it != local_.end()) generation = std::max(generation, it->second.record.version.generation);
+  if (mine != nullptr) generation = std::max(generation, mine->record.version.generation);
   ++generation;
-  if (it != local_.end() && it->second.live) {
-    FlowRecord again = it->second.record;
+  if (mine != nullptr && mine->live) {
+    FlowRecord again = mine->record;
     again.version = stamp(generation, now);
     writeLocal(std::move(again), now);
   } else {
@@ -386,11 +384,11 @@ void Engine::handleDelete(const FlowDelete& d, Nanos now) {
   hlc_.observe(d.version.hlc, wallMs(now));
   counters_.hlcRejected += hlc_.rejected() - rejectedBefore;
   if (d.version.node == settings_.node) {
-    const auto it = local_.find(d.key);
-    if (it != local_.end() && it->second.live && it->second.record.version < d.version) {
+    const Local* l = local_.find(d.key);
+    if (l != nullptr && l->live && l->record.version < d.version) {
       // A delete in our name, newer than the live flow we hold: not ours. Reassert the flow.
       ++counters_.ownerReasserts;
-      FlowRecord again = it->second.record;
+      FlowRecord again = l->record;
       again.version =
           stamp(std::max(again.version.generation, d.version.generation) + 1, now);
       writeLocal(std::move(again), now);
@@ -441,6 +439,15 @@ void Engine::handleNack(Peer& p, const Nack& n, Nanos now) {
     } else if (bulk_->startSeq < oldest) {
       bulkAgain_ = true;  // the running bulk began before those datagrams were sent
     }
+  }
+  if (bulk_ && !bulkAgain_) {
+    // The running bulk's snapshot was taken after every datagram up to its startSeq: what
+    // those carried goes out with it, in its current state. Only later ones need a resend.
+    std::vector<SeqRange> after;
+    for (const SeqRange& r : recent) {
+      if (r.last > bulk_->startSeq) after.push_back({std::max(r.first, bulk_->startSeq + 1), r.last});
+    }
+    recent = std::move(after);
   }
   if (const auto keys = log_.lost(recent)) {
     for (const FlowKey& k : *keys) enqueueKey(k, now);
@@ -522,8 +529,8 @@ void Engine::startBulk(Nanos now) {
   keys->reserve(replica_.size() + localTombstones_.size());
   replica_.forEach([&](const ReplicaFlow& f) { keys->push_back(f.record.key); });
   for (const auto& [until, key] : localTombstones_) {
-    const auto it = local_.find(key);
-    if (it != local_.end() && !it->second.live && it->second.tombstoneUntil == until) {
+    const Local* l = local_.find(key);
+    if (l != nullptr && !l->live && l->tombstoneUntil == until) {
       keys->push_back(key);  // its latest delete (an older entry of a key deleted again is not)
     }
   }

@@ -53,6 +53,7 @@
 
 #include "replication/auth.hpp"
 #include "replication/codec.hpp"
+#include "replication/flat_map.hpp"
 #include "replication/hlc.hpp"
 #include "replication/records.hpp"
 #include "replication/replica_table.hpp"
@@ -204,9 +205,9 @@ class Engine {
   size_t localFlows() const { return localLive_; }
   template <typename F>
   void forEachLocal(F&& f) const {
-    for (const auto& [key, l] : local_) {
+    local_.forEach([&](const Local& l) {
       if (l.live) f(l.record);
-    }
+    });
   }
   std::optional<FlowRecord> local(const FlowKey& key) const;
 
@@ -223,7 +224,59 @@ class Engine {
     FlowRecord record;  // live: the state; not live: key and the delete's version
     bool live = false;
     bool queued = false;  // an Item for it is in queue_
+    bool inUse = false;   // a slot of LocalStore holding a key
     Nanos tombstoneUntil = 0;
+  };
+  // Our own flows by key: a flat index over a slab (no allocation per flow, one or two cache
+  // lines a lookup). Entries never move, so a pointer stays valid until the key is erased.
+  class LocalStore {
+   public:
+    void reserve(size_t n) {
+      index_.reserve(n);
+      slab_.reserve(n);
+    }
+    Local* find(const FlowKey& key) {
+      const uint32_t id = findId(key, hashOf(key));
+      return id == flat::FlatIndex::kNone ? nullptr : &slab_[id];
+    }
+    const Local* find(const FlowKey& key) const {
+      const uint32_t id = findId(key, hashOf(key));
+      return id == flat::FlatIndex::kNone ? nullptr : &slab_[id];
+    }
+    // The entry for `key`, created (not live) when missing; second: whether it was created.
+    std::pair<Local*, bool> tryEmplace(const FlowKey& key) {
+      const uint32_t h = hashOf(key);
+      uint32_t id = findId(key, h);
+      if (id != flat::FlatIndex::kNone) return {&slab_[id], false};
+      id = slab_.allocate();
+      Local& l = slab_[id];
+      l.record.key = key;
+      l.inUse = true;
+      index_.insert(h, id);
+      return {&l, true};
+    }
+    void erase(const FlowKey& key) {
+      const uint32_t h = hashOf(key);
+      const uint32_t id = findId(key, h);
+      if (id == flat::FlatIndex::kNone) return;
+      index_.erase(h, id);
+      slab_[id].inUse = false;
+      slab_.free(id);
+    }
+    template <typename F>
+    void forEach(F&& f) const {
+      slab_.forEach([&](uint32_t, const Local& l) {
+        if (l.inUse) f(l);
+      });
+    }
+
+   private:
+    static uint32_t hashOf(const FlowKey& key) { return static_cast<uint32_t>(flowKeyHash(key)); }
+    uint32_t findId(const FlowKey& key, uint32_t h) const {
+      return index_.find(h, [&](uint32_t id) { return slab_[id].record.key == key; });
+    }
+    flat::FlatIndex index_;
+    flat::Slab<Local> slab_;
   };
   struct Peer {
     uint16_t node = 0;
@@ -254,7 +307,7 @@ class Engine {
   // One item of the reliable stream: the current state of a flow, or a record as is.
   struct Item {
     FlowKey key;                     // without `record`: send this flow's current state
-    Local* local = nullptr;          // our entry for `key`, when it is ours (stable: node map)
+    Local* local = nullptr;          // our entry for `key`, when it is ours (stays put)
     std::unique_ptr<Record> record;  // a record to send as it is
     uint16_t coverFor = 0;           // a Covered answering this peer's Nack
   };
@@ -309,7 +362,7 @@ class Engine {
   DatagramBuilder builder_;
   EngineCounters counters_;
 
-  std::unordered_map<FlowKey, Local, FlowKeyHasher> local_;
+  LocalStore local_;
   size_t localLive_ = 0;
   std::deque<std::pair<Nanos, FlowKey>> localTombstones_;  // expiry order
 
