@@ -410,7 +410,7 @@ void Engine::handleNack(Peer& p, const Nack& n, Nanos now) {
     coverLost |= p.coverSeq != 0 && r.first <= p.coverSeq && p.coverSeq <= r.last;
   }
   const bool queued = p.coverSeq == 0 && now - p.answeredAt < settings_.resyncRetry * 4;
-  const bool onItsWay = !coverLost && (queued || now - p.answeredAt < 16 * settings_.nackRetry);
+  const bool onItsWay = !coverLost && (queued || now - p.answeredAt < 4 * settings_.nackRetry);
   const uint64_t floor = onItsWay ? p.answeredUpTo : 0;
   std::vector<SeqRange> ranges;
   for (SeqRange r : n.missing) {
@@ -606,7 +606,7 @@ void Engine::runPeerTimers(Nanos now) {
       if (p.nackBackoff == 0) p.nackBackoff = settings_.nackRetry;
       p.lastNackAt = now;
       p.nackAt = now + p.nackBackoff;
-      p.nackBackoff = std::min(p.nackBackoff * 2, 16 * settings_.nackRetry);
+      p.nackBackoff = std::min(p.nackBackoff * 2, 4 * settings_.nackRetry);
     } else if (p.nackAt == 0) {
       p.nackAt = now + settings_.nackDelay;  // a gap found by an Alive or a Covered
     }

@@ -76,7 +76,7 @@ struct EngineSettings {
   Nanos flushDelay = table::kMillisecond;  // a partly filled datagram waits at most this long
   Nanos ackDelay = 2 * table::kMillisecond;  // new data is acknowledged at most this late
   Nanos nackDelay = 2 * table::kMillisecond;  // reordering grace before a gap is nacked
-  // A gap still open is nacked again after this, doubling to 16 times this; while the sender's
+  // A gap still open is nacked again after this, doubling to 4 times this; while the sender's
   // datagrams keep arriving (its answer may be on the way) the retry waits, up to 4 times this.
   Nanos nackRetry = 5 * table::kMillisecond;
   size_t maxNackRanges = 64;                   // per Nack record
