@@ -79,6 +79,11 @@ std::span<const uint8_t> bytes(const std::string& s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
+// A unicast link on 127.0.0.1:`self` to the peer on 127.0.0.1:`peer`.
+LinkConfig toPeer(uint16_t self, uint16_t peer) {
+  return unicast("127.0.0.1", self, {endpoint("127.0.0.1", peer)});
+}
+
 std::unique_ptr<Channel> openOrFail(asio::io_context& io, std::vector<LinkConfig> links,
                                     Channel::ReceiveHandler handler, ChannelOptions options = {}) {
   auto r = Channel::open(io, std::move(links), std::move(handler), std::move(options));
@@ -244,9 +249,9 @@ TEST(Channel, DropsDatagramsFromStrangersUnlessAllowed) {
   asio::io_context io;
   const uint16_t pa = freePort("127.0.0.1"), pb = freePort("127.0.0.1");
   Inbox ia, ib;
-  LinkConfig open = unicast("127.0.0.1", pb, {endpoint("127.0.0.1", pa)});
+  LinkConfig open = toPeer(pb, pa);
   open.acceptOnlyPeers = false;
-  auto a = openOrFail(io, {unicast("127.0.0.1", pa, {endpoint("127.0.0.1", pb)})}, ia.handler());
+  auto a = openOrFail(io, {toPeer(pa, pb)}, ia.handler());
   auto b = openOrFail(io, {open}, ib.handler());
   ASSERT_TRUE(a && b);
   udp::socket stranger(io, udp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
@@ -266,8 +271,8 @@ TEST(Channel, TruncatedAndOversizedDatagramsAreCountedAndDropped) {
   ChannelOptions small;
   small.maxDatagramBytes = 100;
   auto a =
-      openOrFail(io, {unicast("127.0.0.1", pa, {endpoint("127.0.0.1", pb)})}, ia.handler(), small);
-  auto b = openOrFail(io, {unicast("127.0.0.1", pb, {endpoint("127.0.0.1", pa)})}, ib.handler());
+      openOrFail(io, {toPeer(pa, pb)}, ia.handler(), small);
+  auto b = openOrFail(io, {toPeer(pb, pa)}, ib.handler());
   ASSERT_TRUE(a && b);
   b->send(bytes(std::string(200, 'x')));
   b->send(bytes(std::string(100, 'y')));
@@ -283,8 +288,8 @@ TEST(Channel, LargestDatagramArrivesWhole) {
   asio::io_context io;
   const uint16_t pa = freePort("127.0.0.1"), pb = freePort("127.0.0.1");
   Inbox ia, ib;
-  auto a = openOrFail(io, {unicast("127.0.0.1", pa, {endpoint("127.0.0.1", pb)})}, ia.handler());
-  auto b = openOrFail(io, {unicast("127.0.0.1", pb, {endpoint("127.0.0.1", pa)})}, ib.handler());
+  auto a = openOrFail(io, {toPeer(pa, pb)}, ia.handler());
+  auto b = openOrFail(io, {toPeer(pb, pa)}, ib.handler());
   ASSERT_TRUE(a && b);
   const std::string big(65507, 'q');  // the largest IPv4 UDP payload
   b->send(bytes(big));
@@ -442,8 +447,8 @@ TEST(ChannelLifetime, CloseStopsReceivingAndSending) {
   asio::io_context io;
   const uint16_t pa = freePort("127.0.0.1"), pb = freePort("127.0.0.1");
   Inbox ia, ib;
-  auto a = openOrFail(io, {unicast("127.0.0.1", pa, {endpoint("127.0.0.1", pb)})}, ia.handler());
-  auto b = openOrFail(io, {unicast("127.0.0.1", pb, {endpoint("127.0.0.1", pa)})}, ib.handler());
+  auto a = openOrFail(io, {toPeer(pa, pb)}, ia.handler());
+  auto b = openOrFail(io, {toPeer(pb, pa)}, ib.handler());
   ASSERT_TRUE(a && b);
   a->close();
   a->close();  // idempotent
@@ -461,7 +466,7 @@ TEST(ChannelLifetime, HandlerMayCloseTheChannel) {
   const uint16_t pa = freePort("127.0.0.1"), pb = freePort("127.0.0.1");
   std::unique_ptr<Channel> a;
   int delivered = 0;
-  auto r = Channel::open(io, {unicast("127.0.0.1", pa, {endpoint("127.0.0.1", pb)})},
+  auto r = Channel::open(io, {toPeer(pa, pb)},
                          [&](std::span<const uint8_t>, size_t) {
                            ++delivered;
                            a->close();
@@ -469,7 +474,7 @@ TEST(ChannelLifetime, HandlerMayCloseTheChannel) {
   ASSERT_TRUE(std::holds_alternative<std::unique_ptr<Channel>>(r));
   a = std::move(std::get<std::unique_ptr<Channel>>(r));
   Inbox ib;
-  auto b = openOrFail(io, {unicast("127.0.0.1", pb, {endpoint("127.0.0.1", pa)})}, ib.handler());
+  auto b = openOrFail(io, {toPeer(pb, pa)}, ib.handler());
   ASSERT_TRUE(b);
   for (int i = 0; i < 5; ++i) b->send(bytes("x"));
   ASSERT_TRUE(runUntil(io, [&] { return delivered > 0; }));
@@ -484,7 +489,7 @@ TEST(ChannelLifetime, DestroyedWithOperationsPending) {
   ChannelOptions fast;
   fast.probeInterval = 1ms;
   auto a =
-      openOrFail(io, {unicast("127.0.0.1", pa, {endpoint("127.0.0.1", pb)})}, ia.handler(), fast);
+      openOrFail(io, {toPeer(pa, pb)}, ia.handler(), fast);
   ASSERT_TRUE(a);
   io.run_for(5ms);  // the probe timer has fired a few times and is armed again
   a.reset();        // its queued handlers must not touch the dead Channel

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <random>
 
 #include "sim.hpp"
@@ -135,25 +136,35 @@ TEST(EngineTest, TailLossIsNoticedThroughAlive) {
   EXPECT_EQ(c.node(0).counters().bulksSent, 0u);  // the resend queue had it: no bulk
 }
 
-TEST(EngineTest, ALostBulkEndIsSentAgainAndTheSweepHappens) {
-  Cluster c(2, 5);
+// Node 1 replicates `before` flows and restarts; only the first `after` survived meanwhile
+// (its source dumps them again). `started` runs between the restart and the dump.
+void restartOwner(Cluster& c, uint32_t before, uint32_t after,
+                  const std::function<void()>& started = nullptr) {
   c.runFor(10 * kMillisecond);
-  for (uint32_t i = 0; i < 300; ++i) c.node(0).upsert(flow(1, i), c.now());
+  for (uint32_t i = 0; i < before; ++i) c.node(0).upsert(flow(1, i), c.now());
   ASSERT_TRUE(c.settle(kSecond));
+  ASSERT_EQ(c.node(1).replica().size(), before);
   c.stop(0);
   c.runFor(100 * kMillisecond);
   c.start(0);
+  if (started) started();
+  for (uint32_t i = 0; i < after; ++i) c.node(0).upsert(flow(1, i), c.now());
+}
+
+TEST(EngineTest, ALostBulkEndIsSentAgainAndTheSweepHappens) {
+  Cluster c(2, 5);
   int dropped = 0;
-  c.dropIf = [&](size_t from, size_t to, const Decoded& d) {
-    for (const Record& r : d.records) {
-      if (from == 0 && to == 1 && dropped == 0 && std::holds_alternative<BulkEnd>(r)) {
-        ++dropped;
-        return true;
+  restartOwner(c, 300, 295, [&] {
+    c.dropIf = [&](size_t from, size_t to, const Decoded& d) {
+      for (const Record& r : d.records) {
+        if (from == 0 && to == 1 && dropped == 0 && std::holds_alternative<BulkEnd>(r)) {
+          ++dropped;
+          return true;
+        }
       }
-    }
-    return false;
-  };
-  for (uint32_t i = 0; i < 295; ++i) c.node(0).upsert(flow(1, i), c.now());
+      return false;
+    };
+  });
   ASSERT_TRUE(c.settle(10 * kSecond)) << c.describe();
   EXPECT_EQ(dropped, 1);
   expectReplicas(c, localsOf(c), "lost BulkEnd");
@@ -203,15 +214,7 @@ TEST(EngineTest, GapOlderThanTheResendLogIsFilledByABulk) {
 
 TEST(EngineTest, RestartedSenderIsResyncedAndItsStaleFlowsSwept) {
   Cluster c(2, 5);
-  c.runFor(10 * kMillisecond);
-  for (uint32_t i = 0; i < 300; ++i) c.node(0).upsert(flow(1, i), c.now());
-  ASSERT_TRUE(c.settle(kSecond));
-  ASSERT_EQ(c.node(1).replica().size(), 300u);
-  // Node 1 restarts; only 100 of its flows survived meanwhile (its source dumps them again).
-  c.stop(0);
-  c.runFor(100 * kMillisecond);
-  c.start(0);
-  for (uint32_t i = 0; i < 100; ++i) c.node(0).upsert(flow(1, i), c.now());
+  restartOwner(c, 300, 100);
   ASSERT_TRUE(c.settle(10 * kSecond));
   expectReplicas(c, localsOf(c), "after restart");
   EXPECT_EQ(c.node(1).replica().size(), 100u);
