@@ -2,7 +2,10 @@
 
 #include <toml++/toml.h>
 
+#include <arpa/inet.h>
+
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -62,6 +65,7 @@ class Problems {
     add(where, "key '" + printable(dottedKey) + "': " + std::string(what));
   }
   bool empty() const { return problems_.empty(); }
+  size_t size() const { return problems_.size(); }
 
   ConfigError toError(std::string_view sourceName) {
     std::stable_sort(problems_.begin(), problems_.end(), [](const Problem& a, const Problem& b) {
@@ -137,29 +141,149 @@ Issue readTimeout(const toml::node& node, table::Nanos& out) {
   return readSeconds(node, 1, out);
 }
 
-struct EvictionName {
+template <typename T>
+struct Named {
   std::string_view name;
-  table::EvictionPolicy policy;
-};
-constexpr EvictionName kEvictionNames[] = {
-    {"kernel", table::EvictionPolicy::kKernel},
-    {"closing-first", table::EvictionPolicy::kClosingFirst},
+  T value;
 };
 
-Issue readEviction(const toml::node& node, table::EvictionPolicy& out) {
+// A string that must be one of `names`.
+template <typename T, size_t N>
+Issue readEnum(const toml::node& node, const Named<T> (&names)[N], T& out) {
   const auto* v = node.as_string();
   if (v == nullptr) return "expected a string";
-  for (const EvictionName& e : kEvictionNames) {
+  for (const Named<T>& e : names) {
     if (v->get() == e.name) {
-      out = e.policy;
+      out = e.value;
       return std::nullopt;
     }
   }
   std::string what = "expected one of";
-  for (const EvictionName& e : kEvictionNames) {
-    what += (&e == kEvictionNames ? " \"" : ", \"") + std::string(e.name) + "\"";
-  }
+  for (size_t i = 0; i < N; ++i) what += (i == 0 ? " \"" : ", \"") + std::string(names[i].name) + "\"";
   return what + ", got \"" + printable(v->get()) + "\"";
+}
+
+constexpr Named<table::EvictionPolicy> kEvictionNames[] = {
+    {"kernel", table::EvictionPolicy::kKernel},
+    {"closing-first", table::EvictionPolicy::kClosingFirst},
+};
+
+Issue readString(const toml::node& node, size_t maxLength, std::string& out) {
+  const auto* v = node.as_string();
+  if (v == nullptr) return "expected a string";
+  if (v->get().size() > maxLength) {
+    return "longer than " + std::to_string(maxLength) + " characters";
+  }
+  out = v->get();
+  return std::nullopt;
+}
+
+// Calls item(element) for each element of an array; the first problem names its index.
+template <typename F>
+Issue readList(const toml::node& node, F&& item) {
+  const auto* array = node.as_array();
+  if (array == nullptr) return "expected an array";
+  for (size_t i = 0; i < array->size(); ++i) {
+    if (Issue issue = item(*array->get(i))) return "element " + std::to_string(i + 1) + ": " + *issue;
+  }
+  return std::nullopt;
+}
+
+// ---- addresses (numeric only: a config that resolves names at start-up fails at failover) ----
+
+enum class Family : uint8_t { kNone, kV4, kV6 };
+
+Family familyOf(std::string_view text, std::array<uint8_t, 16>* bytes = nullptr) {
+  std::array<uint8_t, 16> b{};
+  const std::string s(text);
+  if (inet_pton(AF_INET, s.c_str(), b.data()) == 1) {
+    if (bytes) *bytes = b;
+    return Family::kV4;
+  }
+  // A zone ("%eth0") is allowed on link-local IPv6 addresses.
+  const std::string addr = s.substr(0, s.find('%'));
+  if (inet_pton(AF_INET6, addr.c_str(), b.data()) == 1) {
+    if (bytes) *bytes = b;
+    return Family::kV6;
+  }
+  return Family::kNone;
+}
+
+Issue checkInterfaceName(std::string_view name) {
+  if (name.empty() || name.size() > 15) return "an interface name has 1 to 15 characters";
+  for (char c : name) {
+    if (c == '/' || c == ':' || c <= ' ' || c == 0x7f) return "not a valid interface name";
+  }
+  return std::nullopt;
+}
+
+Issue readInterface(const toml::node& node, std::string& out) {
+  std::string name;
+  if (Issue issue = readString(node, 64, name)) return issue;
+  if (Issue issue = checkInterfaceName(name)) return issue;
+  out = std::move(name);
+  return std::nullopt;
+}
+
+Issue readAddress(const toml::node& node, std::string& out) {
+  std::string text;
+  if (Issue issue = readString(node, 64, text)) return issue;
+  if (familyOf(text) == Family::kNone) return "\"" + printable(text) + "\" is not an IPv4 or IPv6 address";
+  out = std::move(text);
+  return std::nullopt;
+}
+
+// "ADDR", "ADDR:PORT", "[V6ADDR]:PORT": the address and the port (0 when absent).
+Issue splitPeer(std::string_view text, std::string& address, uint32_t& port) {
+  port = 0;
+  std::string_view addr = text;
+  std::string_view portText;
+  if (!text.empty() && text.front() == '[') {
+    const size_t close = text.find(']');
+    if (close == std::string_view::npos) return "missing ']'";
+    addr = text.substr(1, close - 1);
+    if (close + 1 < text.size()) {
+      if (text[close + 1] != ':') return "expected ':' after ']'";
+      portText = text.substr(close + 2);
+    }
+  } else if (std::count(text.begin(), text.end(), ':') == 1) {  // IPv4 with a port
+    const size_t colon = text.find(':');
+    addr = text.substr(0, colon);
+    portText = text.substr(colon + 1);
+  }
+  if (familyOf(addr) == Family::kNone) return "\"" + printable(addr) + "\" is not an IPv4 or IPv6 address";
+  if (!portText.empty() || (text.size() > 0 && text.back() == ':')) {
+    if (portText.empty() || portText.size() > 5 ||
+        !std::all_of(portText.begin(), portText.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      return "\"" + printable(portText) + "\" is not a port";
+    }
+    port = static_cast<uint32_t>(std::stoul(std::string(portText)));
+    if (port < 1 || port > 65535) return "port " + std::to_string(port) + " is out of range 1..65535";
+  }
+  address = std::string(addr);
+  return std::nullopt;
+}
+
+Issue readCidr(const toml::node& node, std::string& out) {
+  std::string text;
+  if (Issue issue = readString(node, 64, text)) return issue;
+  const size_t slash = text.find('/');
+  const std::string addr = text.substr(0, slash);
+  const Family f = familyOf(addr);
+  if (f == Family::kNone || addr.find('%') != std::string::npos) {
+    return "\"" + printable(addr) + "\" is not an IPv4 or IPv6 address";
+  }
+  if (slash != std::string::npos) {
+    const std::string bits = text.substr(slash + 1);
+    const int max = f == Family::kV4 ? 32 : 128;
+    if (bits.empty() || bits.size() > 3 ||
+        !std::all_of(bits.begin(), bits.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+        std::stoi(bits) > max) {
+      return "\"/" + printable(bits) + "\" is not a prefix length 0.." + std::to_string(max);
+    }
+  }
+  out = std::move(text);
+  return std::nullopt;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -169,9 +293,14 @@ Issue readEviction(const toml::node& node, table::EvictionPolicy& out) {
 // Reads one key's value into the config, or says what is wrong with the value.
 using ApplyFn = Issue (*)(const toml::node& value, Config& config);
 
+// A key whose value holds keys of its own (an array of tables): reports its own problems.
+using NestedFn = void (*)(const toml::node& value, std::string_view dottedKey, Config& config,
+                          Problems& problems);
+
 struct KeySpec {
   std::string_view name;
   ApplyFn apply;
+  NestedFn nested = nullptr;  // instead of apply
 };
 
 // A rule spanning several keys of a section, checked once all of them were read.
@@ -245,7 +374,8 @@ constexpr KeySpec kTrackerKeys[] = {
      [](const Node& n, Config& c) { return readNumber(n, 1, kMaxBuckets, tbl(c).buckets); }},
     {"max",
      [](const Node& n, Config& c) { return readNumber(n, 1, kMaxEntries, tbl(c).maxEntries); }},
-    {"eviction", [](const Node& n, Config& c) { return readEviction(n, tbl(c).eviction); }},
+    {"eviction",
+     [](const Node& n, Config& c) { return readEnum(n, kEvictionNames, tbl(c).eviction); }},
     {"min_lifetime",
      [](const Node& n, Config& c) { return readSeconds(n, 0, tbl(c).minLifetime); }},
     {"adaptive_start",
@@ -267,8 +397,293 @@ std::optional<CrossIssue> checkTracker(const Config& c) {
   return std::nullopt;
 }
 
+// ---- [node] --------------------------------------------------------------------------------
+
+constexpr Named<NodeSettings::Role> kRoleNames[] = {
+    {"backup", NodeSettings::Role::kBackup},
+    {"active", NodeSettings::Role::kActive},
+};
+
+constexpr KeySpec kNodeKeys[] = {
+    {"id", [](const Node& n, Config& c) { return readNumber(n, 1, 65535, c.node.id); }},
+    {"cluster_id",
+     [](const Node& n, Config& c) { return readNumber(n, 0, 0xffffffffLL, c.node.clusterId); }},
+    {"role", [](const Node& n, Config& c) { return readEnum(n, kRoleNames, c.node.role); }},
+};
+
+// ---- [sync] and [[sync.link]] ------------------------------------------------------------------
+
+Issue readMillis(const toml::node& node, int64_t min, int64_t max, table::Nanos& out) {
+  int64_t value = 0;
+  if (Issue issue = readInteger(node, min, max, "milliseconds", value)) return issue;
+  out = value * table::kMillisecond;
+  return std::nullopt;
+}
+
+constexpr Named<LinkSettings::Kind> kLinkKinds[] = {
+    {"multicast", LinkSettings::Kind::kMulticast},
+    {"unicast", LinkSettings::Kind::kUnicast},
+};
+constexpr int64_t kMinSocketBuffer = 64 << 10;
+constexpr int64_t kMaxSocketBuffer = int64_t{1} << 30;
+
+using LinkApply = Issue (*)(const toml::node& value, LinkSettings& link);
+struct LinkKey {
+  std::string_view name;
+  LinkApply apply;
+};
+constexpr LinkKey kLinkKeys[] = {
+    {"kind", [](const Node& n, LinkSettings& l) { return readEnum(n, kLinkKinds, l.kind); }},
+    {"interface", [](const Node& n, LinkSettings& l) { return readInterface(n, l.interface); }},
+    {"group", [](const Node& n, LinkSettings& l) { return readAddress(n, l.group); }},
+    {"port", [](const Node& n, LinkSettings& l) { return readNumber(n, 1, 65535, l.port); }},
+    {"local_address",
+     [](const Node& n, LinkSettings& l) { return readAddress(n, l.localAddress); }},
+    {"peers",
+     [](const Node& n, LinkSettings& l) {
+       std::vector<std::string> peers;
+       Issue issue = readList(n, [&](const toml::node& e) -> Issue {
+         std::string text, address;
+         uint32_t port = 0;
+         if (Issue i = readString(e, 80, text)) return i;
+         if (Issue i = splitPeer(text, address, port)) return i;
+         peers.push_back(std::move(text));
+         return std::nullopt;
+       });
+       if (!issue) l.peers = std::move(peers);
+       return issue;
+     }},
+    {"rcvbuf",
+     [](const Node& n, LinkSettings& l) {
+       return readNumber(n, kMinSocketBuffer, kMaxSocketBuffer, l.rcvbufBytes);
+     }},
+    {"sndbuf",
+     [](const Node& n, LinkSettings& l) {
+       return readNumber(n, kMinSocketBuffer, kMaxSocketBuffer, l.sndbufBytes);
+     }},
+};
+
+bool isMulticast(std::string_view address) {
+  std::array<uint8_t, 16> b{};
+  switch (familyOf(address, &b)) {
+    case Family::kV4:
+      return (b[0] & 0xf0) == 0xe0;
+    case Family::kV6:
+      return b[0] == 0xff;
+    case Family::kNone:
+      break;
+  }
+  return false;
+}
+
+// What a link needs as a whole, once its keys were read.
+Issue checkLink(const LinkSettings& l) {
+  if (l.kind == LinkSettings::Kind::kMulticast) {
+    if (l.interface.empty()) return "a multicast link needs 'interface'";
+    if (l.group.empty()) return "a multicast link needs 'group'";
+    if (!isMulticast(l.group)) return "group \"" + printable(l.group) + "\" is not a multicast address";
+    if (!l.peers.empty()) return "'peers' is for unicast links";
+    return std::nullopt;
+  }
+  if (l.peers.empty()) return "a unicast link needs 'peers'";
+  if (!l.group.empty()) return "'group' is for multicast links";
+  Family family = l.localAddress.empty() ? Family::kNone : familyOf(l.localAddress);
+  for (const std::string& p : l.peers) {
+    std::string address;
+    uint32_t port = 0;
+    splitPeer(p, address, port);
+    const Family f = familyOf(address);
+    if (family == Family::kNone) family = f;
+    if (f != family) return "peer \"" + printable(p) + "\" is of another address family (one family per link)";
+  }
+  return std::nullopt;
+}
+
+void readLinks(const toml::node& value, std::string_view dottedKey, Config& config,
+               Problems& problems) {
+  const auto* array = value.as_array();
+  if (array == nullptr || !array->is_array_of_tables()) {
+    problems.addForKey(value.source(), dottedKey,
+                       "expected tables: write each link as a [[sync.link]] section");
+    return;
+  }
+  for (size_t i = 0; i < array->size(); ++i) {
+    const toml::table& t = *array->get(i)->as_table();
+    const std::string prefix = std::string(dottedKey) + "[" + std::to_string(i + 1) + "]";
+    LinkSettings link;
+    bool ok = true;
+    for (auto&& [key, node] : t) {
+      const std::string_view name = key.str();
+      const auto known = std::find_if(std::begin(kLinkKeys), std::end(kLinkKeys),
+                                      [&](const LinkKey& k) { return k.name == name; });
+      if (known == std::end(kLinkKeys)) {
+        problems.add(key.source(), "unknown key '" + printable(prefix + "." + std::string(name)) + "'");
+        ok = false;
+      } else if (Issue issue = known->apply(node, link)) {
+        problems.addForKey(node.source(), prefix + "." + std::string(name), *issue);
+        ok = false;
+      }
+    }
+    if (ok) {
+      if (Issue issue = checkLink(link)) {
+        problems.addForKey(t.source(), prefix, *issue);
+        continue;
+      }
+    }
+    config.sync.links.push_back(std::move(link));
+  }
+}
+
+constexpr KeySpec kSyncKeys[] = {
+    {"link", nullptr, readLinks},
+    {"key_file", [](const Node& n, Config& c) { return readString(n, 4096, c.sync.keyFile); }},
+    {"encrypt", [](const Node& n, Config& c) { return readBool(n, c.sync.encrypt); }},
+    // 576 is the smallest IPv4 MTU every host must take; 65535 a UDP datagram's limit.
+    {"mtu", [](const Node& n, Config& c) { return readNumber(n, 576, 65535, c.sync.mtu); }},
+    {"alive_interval_ms",
+     [](const Node& n, Config& c) { return readMillis(n, 10, 60'000, c.sync.aliveInterval); }},
+    {"peer_timeout_ms",
+     [](const Node& n, Config& c) { return readMillis(n, 100, 600'000, c.sync.peerTimeout); }},
+    {"digest_interval_ms",
+     [](const Node& n, Config& c) { return readMillis(n, 0, 3'600'000, c.sync.digestInterval); }},
+    {"tombstone_seconds",
+     [](const Node& n, Config& c) { return readSeconds(n, 1, c.sync.tombstoneTime); }},
+    {"resend_log_flows",
+     [](const Node& n, Config& c) {
+       return readNumber(n, 1024, int64_t{1} << 26, c.sync.resendLogFlows);
+     }},
+    {"pace_bytes_per_second",
+     [](const Node& n, Config& c) {
+       return readNumber(n, 0, int64_t{1} << 40, c.sync.paceBytesPerSecond);
+     }},
+};
+
+std::optional<CrossIssue> checkSync(const Config& c) {
+  if (c.sync.peerTimeout <= 2 * c.sync.aliveInterval) {
+    return CrossIssue{"peer_timeout_ms",
+                      "must be more than twice alive_interval_ms, or one lost Alive takes a "
+                      "healthy peer for gone"};
+  }
+  return std::nullopt;
+}
+
+// ---- [source], [kernel] ---------------------------------------------------------------------
+
+constexpr Named<SourceSettings::Kind> kSourceKinds[] = {
+    {"kernel", SourceSettings::Kind::kKernel},
+};
+constexpr KeySpec kSourceKeys[] = {
+    {"kind", [](const Node& n, Config& c) { return readEnum(n, kSourceKinds, c.source.kind); }},
+};
+
+constexpr Named<KernelSettings::Commit> kCommitModes[] = {
+    {"on-promote", KernelSettings::Commit::kOnPromote},
+    {"continuous", KernelSettings::Commit::kContinuous},
+};
+constexpr Named<uint8_t> kProtocolNames[] = {
+    {"tcp", 6},     {"udp", 17},   {"udplite", 136}, {"icmp", 1},
+    {"icmpv6", 58}, {"sctp", 132}, {"dccp", 33},     {"gre", 47},
+};
+constexpr Named<uint8_t> kTcpStateNames[] = {
+    {"syn_sent", 1},  {"syn_recv", 2}, {"established", 3}, {"fin_wait", 4}, {"close_wait", 5},
+    {"last_ack", 6},  {"time_wait", 7}, {"close", 8},       {"syn_sent2", 9},
+};
+
+template <size_t N>
+Issue readNameList(const toml::node& node, const Named<uint8_t> (&names)[N],
+                   std::vector<uint8_t>& out) {
+  std::vector<uint8_t> values;
+  Issue issue = readList(node, [&](const toml::node& e) -> Issue {
+    uint8_t v = 0;
+    if (Issue i = readEnum(e, names, v)) return i;
+    if (std::find(values.begin(), values.end(), v) == values.end()) values.push_back(v);
+    return std::nullopt;
+  });
+  if (!issue) out = std::move(values);
+  return issue;
+}
+
+constexpr KeySpec kKernelKeys[] = {
+    {"commit", [](const Node& n, Config& c) { return readEnum(n, kCommitModes, c.kernel.commit); }},
+    {"netlink_rcvbuf",
+     [](const Node& n, Config& c) {
+       return readNumber(n, kMinSocketBuffer, kMaxSocketBuffer, c.kernel.netlinkRcvbufBytes);
+     }},
+    {"netlink_sndbuf",
+     [](const Node& n, Config& c) {
+       return readNumber(n, kMinSocketBuffer, kMaxSocketBuffer, c.kernel.netlinkSndbufBytes);
+     }},
+    {"commit_batch",
+     [](const Node& n, Config& c) { return readNumber(n, 1, 65536, c.kernel.commitBatch); }},
+    {"protocols",
+     [](const Node& n, Config& c) { return readNameList(n, kProtocolNames, c.kernel.protocols); }},
+    {"tcp_states",
+     [](const Node& n, Config& c) { return readNameList(n, kTcpStateNames, c.kernel.tcpStates); }},
+    {"ignore_addresses",
+     [](const Node& n, Config& c) {
+       std::vector<std::string> cidrs;
+       Issue issue = readList(n, [&](const toml::node& e) -> Issue {
+         std::string cidr;
+         if (Issue i = readCidr(e, cidr)) return i;
+         cidrs.push_back(std::move(cidr));
+         return std::nullopt;
+       });
+       if (!issue) c.kernel.ignoreAddresses = std::move(cidrs);
+       return issue;
+     }},
+};
+
+// ---- [control], [metrics], [log] --------------------------------------------------------------
+
+constexpr KeySpec kControlKeys[] = {
+    {"socket",
+     [](const Node& n, Config& c) -> Issue {
+       std::string path;
+       // sockaddr_un holds 108 bytes with the terminating zero.
+       if (Issue issue = readString(n, 107, path)) return issue;
+       if (path.empty() || path.front() != '/') return "expected an absolute path";
+       c.control.socket = std::move(path);
+       return std::nullopt;
+     }},
+};
+
+constexpr KeySpec kMetricsKeys[] = {
+    {"listen",
+     [](const Node& n, Config& c) -> Issue {
+       std::string text, address;
+       uint32_t port = 0;
+       if (Issue issue = readString(n, 80, text)) return issue;
+       if (text.empty()) {
+         c.metrics.listen.clear();
+         return std::nullopt;
+       }
+       if (Issue issue = splitPeer(text, address, port)) return issue;
+       if (port == 0) return "expected ADDRESS:PORT (\"[ADDRESS]:PORT\" for IPv6)";
+       c.metrics.listen = std::move(text);
+       return std::nullopt;
+     }},
+};
+
+constexpr Named<LogSettings::Level> kLogLevels[] = {
+    {"error", LogSettings::Level::kError},
+    {"warning", LogSettings::Level::kWarning},
+    {"info", LogSettings::Level::kInfo},
+    {"debug", LogSettings::Level::kDebug},
+};
+constexpr Named<LogSettings::Target> kLogTargets[] = {
+    {"stderr", LogSettings::Target::kStderr},
+    {"syslog", LogSettings::Target::kSyslog},
+};
+constexpr KeySpec kLogKeys[] = {
+    {"level", [](const Node& n, Config& c) { return readEnum(n, kLogLevels, c.log.level); }},
+    {"target", [](const Node& n, Config& c) { return readEnum(n, kLogTargets, c.log.target); }},
+};
+
 constexpr SectionSpec kSections[] = {
-    {"tracker", kTrackerKeys, checkTracker},
+    {"node", kNodeKeys, nullptr},       {"sync", kSyncKeys, checkSync},
+    {"source", kSourceKeys, nullptr},   {"kernel", kKernelKeys, nullptr},
+    {"tracker", kTrackerKeys, checkTracker}, {"control", kControlKeys, nullptr},
+    {"metrics", kMetricsKeys, nullptr}, {"log", kLogKeys, nullptr},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -285,6 +700,10 @@ void readSection(const SectionSpec& spec, const toml::table& section, Config& co
     if (known == spec.keys.end()) {
       problems.add(key.source(), "unknown key '" + printable(dotted) + "'");
       allRead = false;
+    } else if (known->nested != nullptr) {
+      const size_t before = problems.size();
+      known->nested(node, dotted, config, problems);
+      allRead = allRead && problems.size() == before;
     } else if (Issue issue = known->apply(node, config)) {
       problems.addForKey(node.source(), dotted, *issue);
       allRead = false;

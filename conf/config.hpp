@@ -3,18 +3,89 @@
 //
 // toml++ stays inside conf/: this header exposes only plain data. The file format (every key,
 // its type, range and default) is documented in conf/ctsyncd.example.toml and the README.
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <variant>
+#include <vector>
 
 #include "table/settings.hpp"
 
 namespace ctsync::conf {
 
+// [node]: who this node is.
+struct NodeSettings {
+  uint16_t id = 0;          // 1..65535, unique in the cluster; 0 = not set (the daemon needs it)
+  uint32_t clusterId = 0;   // the same on every node of a cluster; datagrams of others are dropped
+  enum class Role : uint8_t { kBackup, kActive } role = Role::kBackup;  // at start
+};
+
+// [[sync.link]]: one sync link. Addresses are numeric strings, checked for syntax and family.
+struct LinkSettings {
+  enum class Kind : uint8_t { kMulticast, kUnicast } kind = Kind::kMulticast;
+  std::string interface;     // multicast: required; unicast: optional (binds to the device)
+  std::string group;         // multicast: an IPv4 (224.0.0.0/4) or IPv6 (ff00::/8) group
+  uint16_t port = 3780;      // multicast: the group port; unicast: the local port
+  std::string localAddress;  // unicast: address to bind ("" = any of the peers' family)
+  std::vector<std::string> peers;  // unicast: "ADDR", "ADDR:PORT", "[V6]:PORT"
+  uint32_t rcvbufBytes = 8u << 20;
+  uint32_t sndbufBytes = 4u << 20;
+};
+
+// [sync]: the replication protocol.
+struct SyncSettings {
+  std::vector<LinkSettings> links;  // in priority order; the daemon needs at least one
+  std::string keyFile;              // 32 raw bytes or 64 hex digits; the daemon needs it
+  bool encrypt = false;             // AEAD (XChaCha20-Poly1305) instead of a MAC only
+  uint32_t mtu = 1500;              // path MTU of the sync links: datagrams fill it
+  table::Nanos aliveInterval = table::kMillisecond * 200;
+  table::Nanos peerTimeout = table::seconds(2);
+  table::Nanos digestInterval = table::seconds(10);  // 0 = no anti-entropy
+  table::Nanos tombstoneTime = table::seconds(120);
+  uint32_t resendLogFlows = 1u << 18;
+  uint64_t paceBytesPerSecond = 64ull << 20;  // 0 = unpaced
+};
+
+// [source]: where this node's flows come from.
+struct SourceSettings {
+  enum class Kind : uint8_t { kKernel } kind = Kind::kKernel;  // "inline", "passive" come later
+};
+
+// [kernel]: the kernel conntrack source and sink.
+struct KernelSettings {
+  enum class Commit : uint8_t { kOnPromote, kContinuous } commit = Commit::kOnPromote;
+  uint32_t netlinkRcvbufBytes = 64u << 20;  // event socket; ENOBUFS still triggers a resync
+  uint32_t netlinkSndbufBytes = 16u << 20;
+  uint32_t commitBatch = 1024;               // messages per netlink send when committing
+  std::vector<uint8_t> protocols;            // IP protocols to sync; empty = all
+  std::vector<std::string> ignoreAddresses;  // CIDRs: flows to or from them are not synced
+  std::vector<uint8_t> tcpStates;            // table::TcpState values to sync; empty = all
+};
+
+struct ControlSettings {
+  std::string socket = "/run/ctsyncd.sock";  // UNIX socket, root only
+};
+
+struct MetricsSettings {
+  std::string listen;  // "ADDR:PORT" for Prometheus over HTTP; "" = off
+};
+
+struct LogSettings {
+  enum class Level : uint8_t { kError, kWarning, kInfo, kDebug } level = Level::kInfo;
+  enum class Target : uint8_t { kStderr, kSyslog } target = Target::kStderr;
+};
+
 // Everything a daemon needs to start. A default-constructed Config is what an empty file gives.
 struct Config {
+  NodeSettings node;               // [node]
+  SyncSettings sync;               // [sync], [[sync.link]]
+  SourceSettings source;           // [source]
+  KernelSettings kernel;           // [kernel]
   table::TrackerSettings tracker;  // [tracker]
+  ControlSettings control;         // [control]
+  MetricsSettings metrics;         // [metrics]
+  LogSettings log;                 // [log]
 };
 
 // Why a configuration was rejected. `message` holds every problem found, one per line, sorted by

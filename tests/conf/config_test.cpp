@@ -428,5 +428,175 @@ TEST_F(ConfigFileTest, OversizedFileIsRefused) {
   EXPECT_EQ(r.error().message, path + ": cannot read config file: larger than 1048576 bytes");
 }
 
+// ------------------------------------------------------------------- the daemon's sections
+
+TEST(ConfigTest, EmptyTextGivesDaemonDefaults) {
+  const Config c = parseOk("");
+  EXPECT_EQ(c.node.id, 0);  // not set: the daemon refuses to start without it
+  EXPECT_EQ(c.node.role, NodeSettings::Role::kBackup);
+  EXPECT_TRUE(c.sync.links.empty());
+  EXPECT_EQ(c.sync.mtu, 1500u);
+  EXPECT_EQ(c.sync.peerTimeout, seconds(2));
+  EXPECT_EQ(c.kernel.commit, KernelSettings::Commit::kOnPromote);
+  EXPECT_EQ(c.control.socket, "/run/ctsyncd.sock");
+  EXPECT_EQ(c.metrics.listen, "");
+  EXPECT_EQ(c.log.level, LogSettings::Level::kInfo);
+}
+
+TEST(ConfigTest, ExampleFileConfiguresTwoLinks) {
+  ConfigResult r = loadConfig(kExampleConfig);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const Config& c = r.value();
+  EXPECT_EQ(c.node.id, 1);
+  EXPECT_EQ(c.sync.keyFile, "/etc/ctsync/sync.key");
+  ASSERT_EQ(c.sync.links.size(), 2u);
+  EXPECT_EQ(c.sync.links[0].kind, LinkSettings::Kind::kMulticast);
+  EXPECT_EQ(c.sync.links[0].group, "239.255.42.1");
+  EXPECT_EQ(c.sync.links[1].kind, LinkSettings::Kind::kUnicast);
+  EXPECT_EQ(c.sync.links[1].peers.size(), 2u);
+  // Every other value in the example is the default.
+  const Config d;
+  EXPECT_EQ(c.sync.aliveInterval, d.sync.aliveInterval);
+  EXPECT_EQ(c.sync.digestInterval, d.sync.digestInterval);
+  EXPECT_EQ(c.sync.paceBytesPerSecond, d.sync.paceBytesPerSecond);
+  EXPECT_EQ(c.kernel.netlinkRcvbufBytes, d.kernel.netlinkRcvbufBytes);
+  EXPECT_EQ(c.kernel.commitBatch, d.kernel.commitBatch);
+}
+
+TEST(ConfigTest, EveryDaemonKeyIsRead) {
+  const Config c = parseOk(R"([node]
+id = 7
+cluster_id = 4000000000
+role = "active"
+[sync]
+key_file = "/k"
+encrypt = true
+mtu = 9000
+alive_interval_ms = 50
+peer_timeout_ms = 500
+digest_interval_ms = 0
+tombstone_seconds = 30
+resend_log_flows = 4096
+pace_bytes_per_second = 0
+[[sync.link]]
+kind = "multicast"
+interface = "bond0.12"
+group = "ff02::c75:1"
+port = 4000
+rcvbuf = 65536
+sndbuf = 1073741824
+[[sync.link]]
+kind = "unicast"
+local_address = "fd00::1"
+peers = ["fd00::2", "[fd00::3]:4001", "fe80::1%eth1"]
+[source]
+kind = "kernel"
+[kernel]
+commit = "continuous"
+netlink_rcvbuf = 1048576
+netlink_sndbuf = 65536
+commit_batch = 1
+protocols = ["tcp", "udp", "tcp"]
+ignore_addresses = ["10.0.0.0/8", "fd00::/64", "192.0.2.1"]
+tcp_states = ["established", "syn_sent2"]
+[control]
+socket = "/tmp/c.sock"
+[metrics]
+listen = "[::1]:9100"
+[log]
+level = "debug"
+target = "syslog"
+)");
+  EXPECT_EQ(c.node.id, 7);
+  EXPECT_EQ(c.node.clusterId, 4000000000u);
+  EXPECT_EQ(c.node.role, NodeSettings::Role::kActive);
+  EXPECT_EQ(c.sync.keyFile, "/k");
+  EXPECT_TRUE(c.sync.encrypt);
+  EXPECT_EQ(c.sync.mtu, 9000u);
+  EXPECT_EQ(c.sync.aliveInterval, 50 * table::kMillisecond);
+  EXPECT_EQ(c.sync.peerTimeout, 500 * table::kMillisecond);
+  EXPECT_EQ(c.sync.digestInterval, 0);
+  EXPECT_EQ(c.sync.tombstoneTime, seconds(30));
+  EXPECT_EQ(c.sync.resendLogFlows, 4096u);
+  EXPECT_EQ(c.sync.paceBytesPerSecond, 0u);
+  ASSERT_EQ(c.sync.links.size(), 2u);
+  EXPECT_EQ(c.sync.links[0].interface, "bond0.12");
+  EXPECT_EQ(c.sync.links[0].group, "ff02::c75:1");
+  EXPECT_EQ(c.sync.links[0].port, 4000);
+  EXPECT_EQ(c.sync.links[0].rcvbufBytes, 65536u);
+  EXPECT_EQ(c.sync.links[0].sndbufBytes, 1u << 30);
+  EXPECT_EQ(c.sync.links[1].localAddress, "fd00::1");
+  EXPECT_EQ(c.sync.links[1].peers,
+            (std::vector<std::string>{"fd00::2", "[fd00::3]:4001", "fe80::1%eth1"}));
+  EXPECT_EQ(c.kernel.commit, KernelSettings::Commit::kContinuous);
+  EXPECT_EQ(c.kernel.netlinkRcvbufBytes, 1u << 20);
+  EXPECT_EQ(c.kernel.netlinkSndbufBytes, 65536u);
+  EXPECT_EQ(c.kernel.commitBatch, 1u);
+  EXPECT_EQ(c.kernel.protocols, (std::vector<uint8_t>{6, 17}));  // duplicates folded
+  EXPECT_EQ(c.kernel.ignoreAddresses.size(), 3u);
+  EXPECT_EQ(c.kernel.tcpStates, (std::vector<uint8_t>{3, 9}));
+  EXPECT_EQ(c.control.socket, "/tmp/c.sock");
+  EXPECT_EQ(c.metrics.listen, "[::1]:9100");
+  EXPECT_EQ(c.log.level, LogSettings::Level::kDebug);
+  EXPECT_EQ(c.log.target, LogSettings::Target::kSyslog);
+}
+
+TEST(ConfigTest, LinkErrorsNameTheLinkAndPosition) {
+  EXPECT_EQ(parseError("[[sync.link]]\nkind = \"multicast\"\ngroup = \"239.1.1.1\"\n"),
+            "test.toml:1:1: key 'sync.link[1]': a multicast link needs 'interface'");
+  EXPECT_EQ(parseError("[[sync.link]]\ninterface = \"eth1\"\ngroup = \"10.1.1.1\"\n"),
+            "test.toml:1:1: key 'sync.link[1]': group \"10.1.1.1\" is not a multicast address");
+  EXPECT_EQ(parseError("[[sync.link]]\nkind = \"unicast\"\n"),
+            "test.toml:1:1: key 'sync.link[1]': a unicast link needs 'peers'");
+  EXPECT_EQ(parseError("[[sync.link]]\nkind = \"unicast\"\npeers = [\"10.0.0.2\", \"fd00::2\"]\n"),
+            "test.toml:1:1: key 'sync.link[1]': peer \"fd00::2\" is of another address family "
+            "(one family per link)");
+  EXPECT_EQ(parseError("[[sync.link]]\nkind = \"unicast\"\npeers = [\"10.0.0.2:70000\"]\n"),
+            "test.toml:3:9: key 'sync.link[1].peers': element 1: port 70000 is out of range "
+            "1..65535");
+  EXPECT_EQ(parseError("[[sync.link]]\nkind = \"unicast\"\npeers = [\"gw.example\"]\n"),
+            "test.toml:3:9: key 'sync.link[1].peers': element 1: \"gw.example\" is not an IPv4 "
+            "or IPv6 address");
+  EXPECT_EQ(parseError("[[sync.link]]\ninterface = \"eth1\"\ngroup = \"239.1.1.1\"\n"
+                       "[[sync.link]]\ninterface = \"a/b\"\n"),
+            "test.toml:5:13: key 'sync.link[2].interface': not a valid interface name");
+  EXPECT_EQ(parseError("[[sync.link]]\nmtu = 1500\n"),
+            "test.toml:2:1: unknown key 'sync.link[1].mtu'");
+  EXPECT_EQ(parseError("[sync]\nlink = { interface = \"eth1\" }\n"),
+            "test.toml:2:8: key 'sync.link': expected tables: write each link as a [[sync.link]] "
+            "section");
+}
+
+TEST(ConfigTest, DaemonValuesAreChecked) {
+  EXPECT_EQ(parseError("[node]\nid = 0\n"),
+            "test.toml:2:6: key 'node.id': 0 is out of range 1..65535");
+  EXPECT_EQ(parseError("[node]\nrole = \"master\"\n"),
+            "test.toml:2:8: key 'node.role': expected one of \"backup\", \"active\", got "
+            "\"master\"");
+  EXPECT_EQ(parseError("[sync]\nalive_interval_ms = 1000\npeer_timeout_ms = 1500\n"),
+            "test.toml:3:19: key 'sync.peer_timeout_ms': must be more than twice "
+            "alive_interval_ms, or one lost Alive takes a healthy peer for gone");
+  EXPECT_EQ(parseError("[sync]\nmtu = 100\n"),
+            "test.toml:2:7: key 'sync.mtu': 100 is out of range 576..65535");
+  EXPECT_EQ(parseError("[kernel]\ncommit = \"now\"\n"),
+            "test.toml:2:10: key 'kernel.commit': expected one of \"on-promote\", "
+            "\"continuous\", got \"now\"");
+  EXPECT_EQ(parseError("[kernel]\nprotocols = [\"tcp\", \"ospf\"]\n"),
+            "test.toml:2:13: key 'kernel.protocols': element 2: expected one of \"tcp\", "
+            "\"udp\", \"udplite\", \"icmp\", \"icmpv6\", \"sctp\", \"dccp\", \"gre\", got "
+            "\"ospf\"");
+  EXPECT_EQ(parseError("[kernel]\nignore_addresses = [\"10.0.0.0/33\"]\n"),
+            "test.toml:2:20: key 'kernel.ignore_addresses': element 1: \"/33\" is not a prefix "
+            "length 0..32");
+  EXPECT_EQ(parseError("[control]\nsocket = \"ctsyncd.sock\"\n"),
+            "test.toml:2:10: key 'control.socket': expected an absolute path");
+  EXPECT_EQ(parseError("[metrics]\nlisten = \"127.0.0.1\"\n"),
+            "test.toml:2:10: key 'metrics.listen': expected ADDRESS:PORT (\"[ADDRESS]:PORT\" "
+            "for IPv6)");
+  EXPECT_EQ(parseError("[log]\ntarget = \"file\"\n"),
+            "test.toml:2:10: key 'log.target': expected one of \"stderr\", \"syslog\", got "
+            "\"file\"");
+}
+
 }  // namespace
 }  // namespace ctsync::conf
