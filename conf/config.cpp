@@ -1,8 +1,7 @@
 #include "conf/config.hpp"
 
-#include <toml++/toml.h>
-
 #include <arpa/inet.h>
+#include <toml++/toml.h>
 
 #include <algorithm>
 #include <array>
@@ -159,7 +158,8 @@ Issue readEnum(const toml::node& node, const Named<T> (&names)[N], T& out) {
     }
   }
   std::string what = "expected one of";
-  for (size_t i = 0; i < N; ++i) what += (i == 0 ? " \"" : ", \"") + std::string(names[i].name) + "\"";
+  for (size_t i = 0; i < N; ++i)
+    what += (i == 0 ? " \"" : ", \"") + std::string(names[i].name) + "\"";
   return what + ", got \"" + printable(v->get()) + "\"";
 }
 
@@ -184,7 +184,8 @@ Issue readList(const toml::node& node, F&& item) {
   const auto* array = node.as_array();
   if (array == nullptr) return "expected an array";
   for (size_t i = 0; i < array->size(); ++i) {
-    if (Issue issue = item(*array->get(i))) return "element " + std::to_string(i + 1) + ": " + *issue;
+    if (Issue issue = item(*array->get(i)))
+      return "element " + std::to_string(i + 1) + ": " + *issue;
   }
   return std::nullopt;
 }
@@ -228,7 +229,8 @@ Issue readInterface(const toml::node& node, std::string& out) {
 Issue readAddress(const toml::node& node, std::string& out) {
   std::string text;
   if (Issue issue = readString(node, 64, text)) return issue;
-  if (familyOf(text) == Family::kNone) return "\"" + printable(text) + "\" is not an IPv4 or IPv6 address";
+  if (familyOf(text) == Family::kNone)
+    return "\"" + printable(text) + "\" is not an IPv4 or IPv6 address";
   out = std::move(text);
   return std::nullopt;
 }
@@ -251,14 +253,17 @@ Issue splitPeer(std::string_view text, std::string& address, uint32_t& port) {
     addr = text.substr(0, colon);
     portText = text.substr(colon + 1);
   }
-  if (familyOf(addr) == Family::kNone) return "\"" + printable(addr) + "\" is not an IPv4 or IPv6 address";
+  if (familyOf(addr) == Family::kNone)
+    return "\"" + printable(addr) + "\" is not an IPv4 or IPv6 address";
   if (!portText.empty() || (text.size() > 0 && text.back() == ':')) {
     if (portText.empty() || portText.size() > 5 ||
-        !std::all_of(portText.begin(), portText.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        !std::all_of(portText.begin(), portText.end(),
+                     [](char c) { return c >= '0' && c <= '9'; })) {
       return "\"" + printable(portText) + "\" is not a port";
     }
     port = static_cast<uint32_t>(std::stoul(std::string(portText)));
-    if (port < 1 || port > 65535) return "port " + std::to_string(port) + " is out of range 1..65535";
+    if (port < 1 || port > 65535)
+      return "port " + std::to_string(port) + " is out of range 1..65535";
   }
   address = std::string(addr);
   return std::nullopt;
@@ -481,7 +486,8 @@ Issue checkLink(const LinkSettings& l) {
   if (l.kind == LinkSettings::Kind::kMulticast) {
     if (l.interface.empty()) return "a multicast link needs 'interface'";
     if (l.group.empty()) return "a multicast link needs 'group'";
-    if (!isMulticast(l.group)) return "group \"" + printable(l.group) + "\" is not a multicast address";
+    if (!isMulticast(l.group))
+      return "group \"" + printable(l.group) + "\" is not a multicast address";
     if (!l.peers.empty()) return "'peers' is for unicast links";
     return std::nullopt;
   }
@@ -494,7 +500,8 @@ Issue checkLink(const LinkSettings& l) {
     splitPeer(p, address, port);
     const Family f = familyOf(address);
     if (family == Family::kNone) family = f;
-    if (f != family) return "peer \"" + printable(p) + "\" is of another address family (one family per link)";
+    if (f != family)
+      return "peer \"" + printable(p) + "\" is of another address family (one family per link)";
   }
   return std::nullopt;
 }
@@ -517,7 +524,8 @@ void readLinks(const toml::node& value, std::string_view dottedKey, Config& conf
       const auto known = std::find_if(std::begin(kLinkKeys), std::end(kLinkKeys),
                                       [&](const LinkKey& k) { return k.name == name; });
       if (known == std::end(kLinkKeys)) {
-        problems.add(key.source(), "unknown key '" + printable(prefix + "." + std::string(name)) + "'");
+        problems.add(key.source(),
+                     "unknown key '" + printable(prefix + "." + std::string(name)) + "'");
         ok = false;
       } else if (Issue issue = known->apply(node, link)) {
         problems.addForKey(node.source(), prefix + "." + std::string(name), *issue);
@@ -585,8 +593,8 @@ constexpr Named<uint8_t> kProtocolNames[] = {
     {"icmpv6", 58}, {"sctp", 132}, {"dccp", 33},     {"gre", 47},
 };
 constexpr Named<uint8_t> kTcpStateNames[] = {
-    {"syn_sent", 1},  {"syn_recv", 2}, {"established", 3}, {"fin_wait", 4}, {"close_wait", 5},
-    {"last_ack", 6},  {"time_wait", 7}, {"close", 8},       {"syn_sent2", 9},
+    {"syn_sent", 1}, {"syn_recv", 2},  {"established", 3}, {"fin_wait", 4},  {"close_wait", 5},
+    {"last_ack", 6}, {"time_wait", 7}, {"close", 8},       {"syn_sent2", 9},
 };
 
 template <size_t N>
@@ -680,10 +688,14 @@ constexpr KeySpec kLogKeys[] = {
 };
 
 constexpr SectionSpec kSections[] = {
-    {"node", kNodeKeys, nullptr},       {"sync", kSyncKeys, checkSync},
-    {"source", kSourceKeys, nullptr},   {"kernel", kKernelKeys, nullptr},
-    {"tracker", kTrackerKeys, checkTracker}, {"control", kControlKeys, nullptr},
-    {"metrics", kMetricsKeys, nullptr}, {"log", kLogKeys, nullptr},
+    {"node", kNodeKeys, nullptr},
+    {"sync", kSyncKeys, checkSync},
+    {"source", kSourceKeys, nullptr},
+    {"kernel", kKernelKeys, nullptr},
+    {"tracker", kTrackerKeys, checkTracker},
+    {"control", kControlKeys, nullptr},
+    {"metrics", kMetricsKeys, nullptr},
+    {"log", kLogKeys, nullptr},
 };
 
 // ---------------------------------------------------------------------------------------------

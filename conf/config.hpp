@@ -16,18 +16,18 @@ namespace ctsync::conf {
 
 // [node]: who this node is.
 struct NodeSettings {
-  uint16_t id = 0;          // 1..65535, unique in the cluster; 0 = not set (the daemon needs it)
-  uint32_t clusterId = 0;   // the same on every node of a cluster; datagrams of others are dropped
+  uint16_t id = 0;         // 1..65535, unique in the cluster; 0 = not set (the daemon needs it)
+  uint32_t clusterId = 0;  // the same on every node of a cluster; datagrams of others are dropped
   enum class Role : uint8_t { kBackup, kActive } role = Role::kBackup;  // at start
 };
 
 // [[sync.link]]: one sync link. Addresses are numeric strings, checked for syntax and family.
 struct LinkSettings {
   enum class Kind : uint8_t { kMulticast, kUnicast } kind = Kind::kMulticast;
-  std::string interface;     // multicast: required; unicast: optional (binds to the device)
-  std::string group;         // multicast: an IPv4 (224.0.0.0/4) or IPv6 (ff00::/8) group
-  uint16_t port = 3780;      // multicast: the group port; unicast: the local port
-  std::string localAddress;  // unicast: address to bind ("" = any of the peers' family)
+  std::string interface;           // multicast: required; unicast: optional (binds to the device)
+  std::string group;               // multicast: an IPv4 (224.0.0.0/4) or IPv6 (ff00::/8) group
+  uint16_t port = 3780;            // multicast: the group port; unicast: the local port
+  std::string localAddress;        // unicast: address to bind ("" = any of the peers' family)
   std::vector<std::string> peers;  // unicast: "ADDR", "ADDR:PORT", "[V6]:PORT"
   uint32_t rcvbufBytes = 8u << 20;
   uint32_t sndbufBytes = 4u << 20;

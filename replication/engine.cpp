@@ -22,6 +22,20 @@ bool sameContent(const FlowRecord& a, const FlowRecord& b) {
   return !contentLess(a, b) && !contentLess(b, a);
 }
 
+bool contains(const std::vector<SeqRange>& ranges, uint64_t seq) {
+  return std::any_of(ranges.begin(), ranges.end(),
+                     [seq](const SeqRange& r) { return r.first <= seq && seq <= r.last; });
+}
+
+// The parts of `ranges` above `floor`.
+std::vector<SeqRange> above(const std::vector<SeqRange>& ranges, uint64_t floor) {
+  std::vector<SeqRange> out;
+  for (const SeqRange& r : ranges) {
+    if (r.last > floor) out.push_back({std::max(r.first, floor + 1), r.last});
+  }
+  return out;
+}
+
 }  // namespace
 
 Engine::Engine(const EngineSettings& settings, const Key& key, SendFn send, Nanos now)
@@ -130,13 +144,13 @@ void Engine::expireLocal(Nanos now) {
     sweptExpiry_.pop_front();
   }
   while (!localTombstones_.empty() && localTombstones_.front().first <= now) {
-    const Local* l = local_.find(localTombstones_.front().second);
-    // An entry still queued stays until its item went out (the item points to it).
     const FlowKey key = localTombstones_.front().second;
     localTombstones_.pop_front();
+    const Local* l = local_.find(key);
     if (l != nullptr && !l->live && l->tombstoneUntil <= now) {
       if (l->queued) {
-        localTombstones_.emplace_back(now + table::kSecond, key);  // once its item went out
+        // An entry still queued stays until its item went out (the item points to it).
+        localTombstones_.emplace_back(now + table::kSecond, key);
       } else {
         local_.erase(key);
       }
@@ -144,11 +158,13 @@ void Engine::expireLocal(Nanos now) {
   }
 }
 
+Record Engine::stateOf(const Local& l) {
+  if (l.live) return Record{l.record};
+  return Record{FlowDelete{l.record.key, l.record.version}};
+}
+
 std::optional<Record> Engine::currentState(const FlowKey& key) const {
-  if (const Local* l = local_.find(key)) {
-    if (l->live) return Record{l->record};
-    return Record{FlowDelete{key, l->record.version}};
-  }
+  if (const Local* l = local_.find(key)) return stateOf(*l);
   if (auto f = replica_.get(key)) return Record{f->record};
   if (auto v = replica_.tombstone(key)) return Record{FlowDelete{key, *v}};
   return std::nullopt;
@@ -237,7 +253,6 @@ void Engine::receive(std::span<const uint8_t> datagram, Nanos now) {
   if (result == InboundSequence::Result::kRestart) {
     // A new life of the sender: whatever it knew of us and we of its stream is gone.
     p.acked = 0;
-    p.ackSent = 0;
     p.nackAt = 0;
     p.nackBackoff = 0;
     p.nackedUpTo = 0;
@@ -272,13 +287,12 @@ void Engine::receive(std::span<const uint8_t> datagram, Nanos now) {
     }
   } else if (d.header.seq != 0 && p.nackAt != 0) {
     // Only gaps we asked for, and the sender is sending: its answer is probably on the way.
-    p.nackAt = std::max(p.nackAt, std::min(now + settings_.nackRetry,
-                                           p.lastNackAt + 4 * settings_.nackRetry));
+    p.nackAt = std::max(
+        p.nackAt, std::min(now + settings_.nackRetry, p.lastNackAt + 4 * settings_.nackRetry));
   }
 }
 
-void Engine::handleRecord(Peer& p, const Record& record, Nanos now,
-                          std::vector<Digest>& digests) {
+void Engine::handleRecord(Peer& p, const Record& record, Nanos now, std::vector<Digest>& digests) {
   std::visit(
       [&](const auto& r) {
         using T = std::decay_t<decltype(r)>;
@@ -313,7 +327,6 @@ void Engine::handleRecord(Peer& p, const Record& record, Nanos now,
           replica_.beginBulk(p.node, r.bulkId, r.startHlc);
           p.bulkOpen = r.bulkId;
           p.bulkOpenedAt = now;
-          p.bulkStartHlc = r.startHlc;
           p.sweepPending.reset();
           p.resyncWanted = false;
         } else if constexpr (std::is_same_v<T, BulkEnd>) {
@@ -335,10 +348,22 @@ void Engine::countApply(const ApplyResult& r) {
   if (r.natLoser && onNatConflict_) onNatConflict_(*r.natLoser);
 }
 
-void Engine::handleUpsert(const FlowRecord& r, uint16_t from, Nanos now) {
+void Engine::observe(const Version& v, Nanos now) {
   const uint64_t rejectedBefore = hlc_.rejected();
-  hlc_.observe(r.version.hlc, wallMs(now));
+  hlc_.observe(v.hlc, wallMs(now));
   counters_.hlcRejected += hlc_.rejected() - rejectedBefore;
+}
+
+// Writes our state again in generation `generation` (above the one of a record in our name
+// that we never wrote), so that it supersedes that record everywhere.
+void Engine::reassert(FlowRecord state, uint32_t generation, Nanos now) {
+  ++counters_.ownerReasserts;
+  state.version = stamp(generation, now);
+  writeLocal(std::move(state), now);
+}
+
+void Engine::handleUpsert(const FlowRecord& r, uint16_t from, Nanos now) {
+  observe(r.version, now);
   if (r.version.node != settings_.node) {
     const bool fromWriter = from == r.version.node;
     if (!swept_.empty()) {
@@ -364,34 +389,26 @@ void Engine::handleUpsert(const FlowRecord& r, uint16_t from, Nanos now) {
       return;
     }
   }
-  // We never wrote this (a corrupted replica, or a previous life of ours): write our state
-  // again in a new generation, which supersedes it everywhere.
-  ++counters_.ownerReasserts;
+  // We never wrote this (a corrupted replica, or a previous life of ours): our state, or our
+  // delete if we have no such flow, in a new generation.
   uint32_t generation = r.version.generation;
   if (mine != nullptr) generation = std::max(generation, mine->record.version.generation);
   ++generation;
   if (mine != nullptr && mine->live) {
-    FlowRecord again = mine->record;
-    again.version = stamp(generation, now);
-    writeLocal(std::move(again), now);
+    reassert(mine->record, generation, now);
   } else {
+    ++counters_.ownerReasserts;
     writeLocalDelete(r.key, stamp(generation, now), now);
   }
 }
 
 void Engine::handleDelete(const FlowDelete& d, Nanos now) {
-  const uint64_t rejectedBefore = hlc_.rejected();
-  hlc_.observe(d.version.hlc, wallMs(now));
-  counters_.hlcRejected += hlc_.rejected() - rejectedBefore;
+  observe(d.version, now);
   if (d.version.node == settings_.node) {
     const Local* l = local_.find(d.key);
     if (l != nullptr && l->live && l->record.version < d.version) {
-      // A delete in our name, newer than the live flow we hold: not ours. Reassert the flow.
-      ++counters_.ownerReasserts;
-      FlowRecord again = l->record;
-      again.version =
-          stamp(std::max(again.version.generation, d.version.generation) + 1, now);
-      writeLocal(std::move(again), now);
+      // A delete in our name, newer than the live flow we hold: not ours.
+      reassert(l->record, std::max(l->record.version.generation, d.version.generation) + 1, now);
       return;
     }
   }
@@ -405,10 +422,7 @@ void Engine::handleNack(Peer& p, const Nack& n, Nanos now) {
   // our answer arrived would otherwise resend everything once more. A lost answer shows up in
   // the peer's nacks (then everything is answered again), and the window is bounded in time,
   // so nothing waits for ever.
-  bool coverLost = false;
-  for (const SeqRange& r : n.missing) {
-    coverLost |= p.coverSeq != 0 && r.first <= p.coverSeq && p.coverSeq <= r.last;
-  }
+  const bool coverLost = p.coverSeq != 0 && contains(n.missing, p.coverSeq);
   const bool queued = p.coverSeq == 0 && now - p.answeredAt < settings_.resyncRetry * 4;
   const bool onItsWay = !coverLost && (queued || now - p.answeredAt < 4 * settings_.nackRetry);
   const uint64_t floor = onItsWay ? p.answeredUpTo : 0;
@@ -427,12 +441,12 @@ void Engine::handleNack(Peer& p, const Nack& n, Nanos now) {
   p.answeredAt = now;
   // Datagrams that left the log (the peer is new, or the gap is old) may have carried
   // anything: only a bulk whose snapshot was taken after them fills that part of the gap.
-  std::vector<SeqRange> recent;
+  const uint64_t forgotten = log_.forgotten();
   uint64_t oldest = 0;  // highest forgotten sequence asked for
   for (const SeqRange& r : ranges) {
-    if (r.first <= log_.forgotten()) oldest = std::max(oldest, std::min(r.last, log_.forgotten()));
-    if (r.last > log_.forgotten()) recent.push_back({std::max(r.first, log_.forgotten() + 1), r.last});
+    if (r.first <= forgotten) oldest = std::max(oldest, std::min(r.last, forgotten));
   }
+  std::vector<SeqRange> recent = above(ranges, forgotten);
   if (oldest != 0) {
     if (!bulk_) {
       startBulk(now);
@@ -443,11 +457,7 @@ void Engine::handleNack(Peer& p, const Nack& n, Nanos now) {
   if (bulk_ && !bulkAgain_) {
     // The running bulk's snapshot was taken after every datagram up to its startSeq: what
     // those carried goes out with it, in its current state. Only later ones need a resend.
-    std::vector<SeqRange> after;
-    for (const SeqRange& r : recent) {
-      if (r.last > bulk_->startSeq) after.push_back({std::max(r.first, bulk_->startSeq + 1), r.last});
-    }
-    recent = std::move(after);
+    recent = above(recent, bulk_->startSeq);
   }
   if (const auto keys = log_.lost(recent)) {
     for (const FlowKey& k : *keys) enqueueKey(k, now);
@@ -455,14 +465,9 @@ void Engine::handleNack(Peer& p, const Nack& n, Nanos now) {
   }
   // The last bulk's end rode in a datagram that is asked for: it goes again, after the resent
   // flows (a receiver sweeps only once it has everything before it anyway).
-  if (bulkEnd_ && !bulk_) {
-    for (const SeqRange& r : ranges) {
-      if (r.first <= bulkLastSeq_ && bulkLastSeq_ <= r.last) {
-        enqueueRecord(*bulkEnd_, now);
-        ++counters_.bulkEndsResent;
-        break;
-      }
-    }
+  if (bulkEnd_ && !bulk_ && contains(ranges, bulkLastSeq_)) {
+    enqueueRecord(*bulkEnd_, now);
+    ++counters_.bulkEndsResent;
   }
   // After the resent state in the stream: the receiver stops waiting for the old datagrams.
   enqueueRecord(Covered{std::move(ranges)}, now, p.node);
@@ -565,8 +570,8 @@ void Engine::poll(Nanos now) {
   if (now >= aliveAt_) {
     enqueueControl(Alive{log_.lastSeq()});
     ++counters_.alivesSent;
-    probeDelay_ = std::min(std::max(probeDelay_ * 2, settings_.tailProbeDelay),
-                           settings_.aliveInterval);
+    probeDelay_ =
+        std::min(std::max(probeDelay_ * 2, settings_.tailProbeDelay), settings_.aliveInterval);
     aliveAt_ = now + probeDelay_;
   }
   if (bulkMarker_ && !bulk_) {
@@ -591,7 +596,6 @@ void Engine::runPeerTimers(Nanos now) {
     if (p.ackAt != 0 && now >= p.ackAt) {
       enqueueControl(Ack{node, p.in.epoch(), p.in.cumulative()});
       ++counters_.acksSent;
-      p.ackSent = p.in.cumulative();
       p.ackAt = 0;
     }
     if (p.in.complete()) {
@@ -670,7 +674,7 @@ void Engine::sendReliable(Nanos now) {
       return;
     }
     if (queue_.empty()) {
-      if (!sendBulkDatagram(now)) return;
+      sendBulkDatagram(now);
       continue;
     }
     std::vector<FlowKey> keys;
@@ -691,23 +695,14 @@ void Engine::sendReliable(Nanos now) {
       }
       // The flow's current state: ours, else the replica's (a resend of another's flow).
       Local* l = item.local;
-      std::optional<Record> r;
-      if (l != nullptr) {
-        r = l->live ? Record{l->record} : Record{FlowDelete{item.key, l->record.version}};
-      } else {
-        r = currentState(item.key);
-      }
+      const std::optional<Record> r = l != nullptr ? stateOf(*l) : currentState(item.key);
       if (r) {  // else forgotten meanwhile (expired, and its tombstone too): nothing to say
         if (!builder_.add(*r)) {
           if (!builder_.empty()) break;  // full
           ++counters_.oversizedRecords;
         } else {
           keys.push_back(item.key);
-          if (std::holds_alternative<FlowRecord>(*r)) {
-            ++counters_.upsertsSent;
-          } else {
-            ++counters_.deletesSent;
-          }
+          countSent(*r);
         }
       }
       if (l != nullptr) l->queued = false;
@@ -729,13 +724,24 @@ void Engine::sendReliable(Nanos now) {
         it->second.answeredAt = now;
       }
     }
-    std::vector<uint8_t> payload = builder_.finish(
-        Header{kProtocolVersion, settings_.clusterId, settings_.node, settings_.bootEpoch, seq});
+    std::vector<uint8_t> payload = builder_.finish(header(seq));
     emit(payload, true, now);
   }
 }
 
-bool Engine::sendBulkDatagram(Nanos now) {
+Header Engine::header(uint64_t seq) const {
+  return Header{kProtocolVersion, settings_.clusterId, settings_.node, settings_.bootEpoch, seq};
+}
+
+void Engine::countSent(const Record& r) {
+  if (std::holds_alternative<FlowRecord>(r)) {
+    ++counters_.upsertsSent;
+  } else {
+    ++counters_.deletesSent;
+  }
+}
+
+void Engine::sendBulkDatagram(Nanos now) {
   Bulk& b = *bulk_;
   const bool added = builder_.add(BulkBegin{b.id, b.startHlc});
   assert(added);
@@ -752,11 +758,7 @@ bool Engine::sendBulkDatagram(Nanos now) {
     ++b.cursor;
     ++b.records;
     ++counters_.bulkRecordsSent;
-    if (std::holds_alternative<FlowRecord>(*state)) {
-      ++counters_.upsertsSent;
-    } else {
-      ++counters_.deletesSent;
-    }
+    countSent(*state);
   }
   bool done = false;
   if (b.cursor == keys.size() && builder_.add(BulkEnd{b.id, b.records})) {
@@ -766,8 +768,7 @@ bool Engine::sendBulkDatagram(Nanos now) {
   const uint64_t seq = log_.next();
   bulkLastSeq_ = seq;
   log_.sentBulk(seq, b.keys, begin, b.cursor);
-  std::vector<uint8_t> payload = builder_.finish(
-      Header{kProtocolVersion, settings_.clusterId, settings_.node, settings_.bootEpoch, seq});
+  std::vector<uint8_t> payload = builder_.finish(header(seq));
   emit(payload, true, now);
   if (done) {
     ++counters_.bulksSent;
@@ -777,7 +778,6 @@ bool Engine::sendBulkDatagram(Nanos now) {
       startBulk(now);
     }
   }
-  return true;
 }
 
 void Engine::addControl() {
@@ -794,8 +794,7 @@ void Engine::sendControl(Nanos now) {
       control_.erase(control_.begin());
       continue;
     }
-    std::vector<uint8_t> payload = builder_.finish(
-        Header{kProtocolVersion, settings_.clusterId, settings_.node, settings_.bootEpoch, 0});
+    std::vector<uint8_t> payload = builder_.finish(header(0));
     emit(payload, false, now);
   }
 }

@@ -17,10 +17,11 @@
 //  - An idle sender sends Alive(last sequence) — first soon after its last datagram (a tail
 //    loss probe), then every alive interval — so lost tails are noticed.
 //  - A bulk sends every live flow of the sender's table (its own and the ones it replicates)
-//    and its own recent deletes, each datagram led by BulkBegin(id) so the bulk opens at a receiver even when its first
-//    datagram is lost, and ends with BulkEnd(id). A receiver sweeps (removes the flows the
-//    sender owns that the bulk did not carry) once it has every datagram up to the BulkEnd. Bulks run when a peer restarted (new epoch: we ask
-//    with a ResyncRequest, retried until the bulk begins), when a gap cannot be resent, and on
+//    and its own recent deletes, each datagram led by BulkBegin(id) so the bulk opens at a
+//    receiver even when its first datagram is lost, and ends with BulkEnd(id). A receiver
+//    sweeps (removes the flows the sender owns that the bulk did not carry) once it has every
+//    datagram up to the BulkEnd. Bulks run when a peer restarted (new epoch: we ask with a
+//    ResyncRequest, retried until the bulk begins), when a gap cannot be resent, and on
 //    request.
 //  - Anti-entropy: every digest interval a node sends a digest of each hash range of its
 //    replica. A receiver that is in sync with the sender (no gap, nothing unacknowledged, nothing
@@ -73,20 +74,20 @@ struct EngineSettings {
   // A peer's version more than this far ahead of our wall clock is not adopted by our clock.
   uint64_t hlcMaxForwardMs = 60'000;
 
-  Nanos flushDelay = table::kMillisecond;  // a partly filled datagram waits at most this long
-  Nanos ackDelay = 2 * table::kMillisecond;  // new data is acknowledged at most this late
+  Nanos flushDelay = table::kMillisecond;     // a partly filled datagram waits at most this long
+  Nanos ackDelay = 2 * table::kMillisecond;   // new data is acknowledged at most this late
   Nanos nackDelay = 2 * table::kMillisecond;  // reordering grace before a gap is nacked
   // A gap still open is nacked again after this, doubling to 4 times this; while the sender's
   // datagrams keep arriving (its answer may be on the way) the retry waits, up to 4 times this.
   Nanos nackRetry = 5 * table::kMillisecond;
-  size_t maxNackRanges = 64;                   // per Nack record
+  size_t maxNackRanges = 64;  // per Nack record
   // First Alive after the last datagram; the next ones double up to aliveInterval.
   Nanos tailProbeDelay = 2 * table::kMillisecond;
   Nanos aliveInterval = 200 * table::kMillisecond;  // Alive when nothing else was sent
   Nanos peerTimeout = 2 * table::kSecond;  // silent this long: the peer no longer holds the log
   Nanos resyncRetry = 500 * table::kMillisecond;  // ResyncRequest again if no bulk began
-  Nanos digestInterval = 10 * table::kSecond;    // 0: no anti-entropy
-  size_t maxRepairRanges = 32;  // ranges resent per digest round and peer
+  Nanos digestInterval = 10 * table::kSecond;     // 0: no anti-entropy
+  size_t maxRepairRanges = 32;                    // ranges resent per digest round and peer
   size_t resendLogFlows = 1 << 18;  // flow keys remembered for resends (about 60 B each)
   size_t expectedFlows = 0;  // sizes the tables up front (the cluster's table limit); optional
   uint64_t paceBytesPerSecond = 64ull << 20;  // 0: unpaced
@@ -101,7 +102,7 @@ struct EngineCounters {
   uint64_t bytesSent = 0;
   uint64_t reliableDatagramsSent = 0;
   uint64_t reliableBytesSent = 0;  // UDP payload bytes of reliable datagrams
-  uint64_t upsertsSent = 0;  // flow records, including resends and bulks
+  uint64_t upsertsSent = 0;        // flow records, including resends and bulks
   uint64_t deletesSent = 0;
   uint64_t resentRecords = 0;  // records queued again to answer a Nack or a digest
   uint64_t acksSent = 0;
@@ -131,7 +132,7 @@ struct EngineCounters {
   uint64_t sweptRelaysBlocked = 0;  // relayed copies of swept or expired flows not let back in
   uint64_t bulkEndsResent = 0;      // a lost BulkEnd sent again
   uint64_t bulksStuck = 0;          // a peer's bulk that never ended: asked for another
-  uint64_t peerRestarts = 0;  // a known peer came back with a new epoch
+  uint64_t peerRestarts = 0;        // a known peer came back with a new epoch
   uint64_t digestsReceived = 0;
   uint64_t digestMismatches = 0;  // ranges found different while in sync
   uint64_t digestsSkipped = 0;    // digests not compared: traffic in flight with that peer
@@ -142,9 +143,9 @@ struct EngineCounters {
   // Drops.
   std::array<uint64_t, static_cast<size_t>(DropReason::kCount)> authDrops{};
   std::array<uint64_t, 5> decodeDrops{};  // by DecodeError
-  uint64_t ownDatagrams = 0;     // our own datagrams looped back
-  uint64_t headerMismatch = 0;   // envelope and message disagree on node, cluster or epoch
-  uint64_t oversizedRecords = 0;  // a control record that fits in no datagram (dropped)
+  uint64_t ownDatagrams = 0;              // our own datagrams looped back
+  uint64_t headerMismatch = 0;            // envelope and message disagree on node, cluster or epoch
+  uint64_t oversizedRecords = 0;          // a control record that fits in no datagram (dropped)
   std::array<uint64_t, static_cast<size_t>(ApplyOutcome::kCount)> applied{};
 };
 
@@ -152,14 +153,14 @@ struct EngineCounters {
 struct PeerStatus {
   uint16_t node = 0;
   uint64_t epoch = 0;
-  bool up = false;           // heard from within peerTimeout
-  Nanos lastHeard = 0;       // local time
-  uint64_t received = 0;     // its sequence: contiguous prefix received
-  uint64_t highest = 0;      // its sequence: highest known to exist
-  uint64_t missing = 0;      // its datagrams we are waiting for
-  uint64_t acked = 0;        // our sequence: what it acknowledged
-  uint64_t lag = 0;          // our sequence: sent but not acknowledged by it
-  bool bulkOpen = false;     // a bulk from it is being received
+  bool up = false;            // heard from within peerTimeout
+  Nanos lastHeard = 0;        // local time
+  uint64_t received = 0;      // its sequence: contiguous prefix received
+  uint64_t highest = 0;       // its sequence: highest known to exist
+  uint64_t missing = 0;       // its datagrams we are waiting for
+  uint64_t acked = 0;         // our sequence: what it acknowledged
+  uint64_t lag = 0;           // our sequence: sent but not acknowledged by it
+  bool bulkOpen = false;      // a bulk from it is being received
   bool resyncWanted = false;  // we asked it for a bulk that has not begun
 };
 
@@ -283,10 +284,9 @@ class Engine {
     InboundSequence in;
     Nanos lastHeard = 0;
     bool up = false;
-    uint64_t acked = 0;       // our sequence it acknowledged
-    uint64_t ackSent = 0;     // its cumulative we last acknowledged
-    Nanos ackAt = 0;          // 0: no ack due
-    Nanos nackAt = 0;         // 0: no gap
+    uint64_t acked = 0;  // our sequence it acknowledged
+    Nanos ackAt = 0;     // 0: no ack due
+    Nanos nackAt = 0;    // 0: no gap
     Nanos nackBackoff = 0;
     Nanos lastNackAt = 0;
     uint64_t nackedUpTo = 0;  // highest sequence the last Nack asked for
@@ -300,7 +300,6 @@ class Engine {
     std::optional<uint32_t> bulkOpen;
     Nanos bulkOpenedAt = 0;
     std::optional<uint32_t> lastBulkId;  // newest bulk seen in its current epoch
-    uint64_t bulkStartHlc = 0;
     std::optional<uint32_t> sweepPending;
     std::map<uint32_t, Nanos> repairedAt;  // range -> last time we resent it for this peer
   };
@@ -330,6 +329,11 @@ class Engine {
   void enqueueRecord(Record record, Nanos now, uint16_t coverFor = 0);
   void enqueueControl(Record record);
   std::optional<Record> currentState(const FlowKey& key) const;
+  static Record stateOf(const Local& l);
+  Header header(uint64_t seq) const;
+  void countSent(const Record& r);
+  void observe(const Version& v, Nanos now);
+  void reassert(FlowRecord state, uint32_t generation, Nanos now);
   void expireLocal(Nanos now);
 
   Peer& peer(uint16_t node, Nanos now);
@@ -345,7 +349,7 @@ class Engine {
   void refillTokens(Nanos now);
   bool flushDue(Nanos now) const;
   void sendReliable(Nanos now);
-  bool sendBulkDatagram(Nanos now);
+  void sendBulkDatagram(Nanos now);
   void sendControl(Nanos now);
   void emit(std::vector<uint8_t>& payload, bool reliable, Nanos now);
   // Adds control records to the builder while they fit.
@@ -366,10 +370,10 @@ class Engine {
   size_t localLive_ = 0;
   std::deque<std::pair<Nanos, FlowKey>> localTombstones_;  // expiry order
 
-  std::deque<Item> queue_;                          // reliable stream, FIFO
+  std::deque<Item> queue_;                             // reliable stream, FIFO
   std::unordered_set<FlowKey, FlowKeyHasher> queued_;  // queued keys that are not ours
-  Nanos queuedSince_ = 0;                           // when the oldest queued item arrived
-  std::vector<Record> control_;                     // unreliable, sent with the next datagram
+  Nanos queuedSince_ = 0;                              // when the oldest queued item arrived
+  std::vector<Record> control_;                        // unreliable, sent with the next datagram
   std::unique_ptr<Bulk> bulk_;
   // The last bulk's BulkBegin leads every reliable datagram until every peer acknowledged the
   // bulk's last datagram: content of a lost bulk datagram is resent in ordinary datagrams, and
@@ -389,8 +393,7 @@ class Engine {
 
   std::map<uint16_t, Peer> peers_;
   uint64_t authSeq_ = 0;  // envelope sequence: every datagram
-  Nanos lastSent_ = 0;
-  Nanos aliveAt_ = 0;  // next Alive (tail probes, then every aliveInterval)
+  Nanos aliveAt_ = 0;     // next Alive (tail probes, then every aliveInterval)
   Nanos probeDelay_ = 0;  // tail probe backoff: tailProbeDelay, doubling to aliveInterval
   Nanos nextDigest_ = 0;
   double tokens_ = 0;

@@ -2,7 +2,9 @@
 // A sync engine on real sockets: Engine (the protocol, no I/O) + Channel (UDP links) + a timer,
 // all on one Boost.Asio io_context the caller owns and runs. Everything here is called from
 // that io_context's thread.
+// clang-format off
 #include <utility>  // before asio: Boost 1.74 with GCC 12 in C++20 mode needs it
+// clang-format on
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>

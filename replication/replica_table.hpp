@@ -146,14 +146,14 @@ class ReplicaTable {
   ExpireResult expire(Nanos now, std::vector<FlowDelete>* expiredFlows = nullptr);
 
   // Bulk sweep. Between beginBulk and endBulk, every upsert written by `node` (version.node)
-  // and applied with fromWriter marks its flow, whatever its outcome. endBulk removes the live flows owned by `node` that
-  // were not marked and were written before `startHlc` (the sender's clock when it took the
-  // bulk's snapshot: a later flow may simply have arrived before the bulk opened here), and
-  // returns how many; nullopt (nothing removed) when `bulkId` is not the
-  // bulk open for `node` (a newer bulk began, or none did). A beginBulk with another bulkId
-  // abandons that node's open bulk; one with the bulkId already open does nothing, so the
-  // marks made so far count: the sender repeats BulkBegin in every datagram of a bulk, so that
-  // the bulk opens even when its first datagram is lost.
+  // and applied with fromWriter marks its flow, whatever its outcome. endBulk removes the live
+  // flows owned by `node` that were not marked and were written before `startHlc` (the sender's
+  // clock when it took the bulk's snapshot: a later flow may simply have arrived before the bulk
+  // opened here), and returns how many; nullopt (nothing removed) when `bulkId` is not the bulk
+  // open for `node` (a newer bulk began, or none did). A beginBulk with another bulkId abandons
+  // that node's open bulk; one with the bulkId already open does nothing, so the marks made so far
+  // count: the sender repeats BulkBegin in every datagram of a bulk, so that the bulk opens even
+  // when its first datagram is lost.
   void beginBulk(uint16_t node, uint32_t bulkId, uint64_t startHlc = UINT64_MAX);
   // `removed`, when given, receives each swept flow's key and version.
   std::optional<size_t> endBulk(uint16_t node, uint32_t bulkId,
@@ -161,8 +161,9 @@ class ReplicaTable {
 
   // Anti-entropy. Range r holds the keys whose 32-bit hash (top half of flowKeyHash) h has
   // (h * ranges) >> 32 == r. The digest hash is the sum of a 64-bit hash of (key, version,
-  // merged status, merged tcpState, the rest of the content) over the range's live flows (NAT-shadowed included,
-  // tombstones not: they expire on local time), kept up to date in O(1) per change.
+  // merged status, merged tcpState, the rest of the content) over the range's live flows
+  // (NAT-shadowed included, tombstones not: they expire on local time), kept up to date in O(1) per
+  // change.
   uint32_t rangeCount() const { return static_cast<uint32_t>(ranges_.size()); }
   uint32_t rangeOf(const FlowKey& key) const;
   Digest digest(uint32_t range) const;
@@ -223,8 +224,7 @@ class ReplicaTable {
     uint16_t createdNode;
   };
 
-  ApplyResult applyHashed(const FlowRecord& r, uint32_t keyIndexHash, Nanos now,
-                          bool fromWriter);
+  ApplyResult applyHashed(const FlowRecord& r, uint32_t keyIndexHash, Nanos now, bool fromWriter);
   void prefetchEntry(uint32_t id) const;
   uint32_t find(const FlowKey& key, uint32_t keyIndexHash) const;  // id, or FlatIndex::kNone
   uint32_t createEntry(const FlowKey& key, uint32_t keyIndexHash);

@@ -21,7 +21,8 @@ FlowRecord recordOf(const table::ConnTable& t, uint32_t index, Nanos now) {
     }
   }
   const Nanos left = e.expiry - now;
-  r.timeoutSec = left <= 0 ? 0 : static_cast<uint32_t>((left + table::kSecond - 1) / table::kSecond);
+  r.timeoutSec =
+      left <= 0 ? 0 : static_cast<uint32_t>((left + table::kSecond - 1) / table::kSecond);
   r.mark = m.mark;
   r.labels = t.labels(index);
   if (m.master != table::kNil) r.master = t.tuple(t.entry(m.master), table::Dir::kOriginal);

@@ -18,8 +18,8 @@ FlowRecord recordOf(const table::ConnTable& table, uint32_t index, Nanos now);
 class TableFeed final : public table::EventSink {
  public:
   explicit TableFeed(Engine& engine) : engine_(engine) {}
-  void onEvent(table::EventType type, uint32_t mask, const table::ConnTable& table,
-               uint32_t index, Nanos now) override;
+  void onEvent(table::EventType type, uint32_t mask, const table::ConnTable& table, uint32_t index,
+               Nanos now) override;
 
  private:
   Engine& engine_;

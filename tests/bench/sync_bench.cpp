@@ -8,12 +8,16 @@
 // Exits non-zero when a run does not converge (a benchmark that loses flows measures nothing).
 //
 //   sync_bench [--quick] [--only throughput|loss|bulk] [--runs N]
+// clang-format off
 #include <utility>  // before asio (Boost 1.74, GCC 12, C++20)
+// clang-format on
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -22,7 +26,6 @@
 #include <string>
 #include <thread>
 #include <type_traits>
-#include <unistd.h>
 #include <vector>
 
 #include "replication/node.hpp"
@@ -34,7 +37,6 @@ using namespace ctsync::replication;
 using namespace ctsync::bench;
 
 namespace {
-
 
 FlowRecord flow(uint32_t i, uint32_t pass = 0) {
   FlowRecord f;
@@ -151,8 +153,7 @@ double stream(Runner& a, Runner& b, uint32_t first, uint32_t flows, double limit
         })) {
       converged = secondsSince(start);
     }
-    if (converged >= 0 &&
-        a.call([&] { return a.node().engine().idle(Node::monotonicNow()); })) {
+    if (converged >= 0 && a.call([&] { return a.node().engine().idle(Node::monotonicNow()); })) {
       if (acked != nullptr) *acked = secondsSince(start);
       return converged;
     }
@@ -178,8 +179,8 @@ void lossOff() {
 bool lossOn(int percent) {
   lossOff();
   return nft(std::string("table inet ") + kNftTable + " {\n chain input {\n" +
-             "  type filter hook input priority -10; policy accept;\n" +
-             "  udp dport { " + std::to_string(kPortA) + ", " + std::to_string(kPortB) +
+             "  type filter hook input priority -10; policy accept;\n" + "  udp dport { " +
+             std::to_string(kPortA) + ", " + std::to_string(kPortB) +
              " } numgen random mod 100 < " + std::to_string(percent) + " drop\n }\n}\n");
 }
 
@@ -197,9 +198,10 @@ void throughput(uint32_t flows) {
     return;
   }
   const auto c = a.call([&] { return a.node().engine().counters(); });
-  std::printf("throughput, new flows: %u records in %.3f s = %.2f M records/s (first upsert at "
-              "the sender to the last in the receiver's replica; all acknowledged after %.3f s)\n",
-              flows, s, flows / s / 1e6, acked);
+  std::printf(
+      "throughput, new flows: %u records in %.3f s = %.2f M records/s (first upsert at "
+      "the sender to the last in the receiver's replica; all acknowledged after %.3f s)\n",
+      flows, s, flows / s / 1e6, acked);
   // Sustained: the same flows again, each updated (as REFRESH events and state changes do all
   // day); the tables exist, so this is the protocol's own cost.
   double acked2 = 0;
@@ -209,16 +211,17 @@ void throughput(uint32_t flows) {
     ++failures;
     return;
   }
-  std::printf("throughput, updates: %u records in %.3f s = %.2f M records/s (all acknowledged "
-              "after %.3f s)\n",
-              flows, s2, flows / s2 / 1e6, acked2);
-  std::printf("wire: %.1f bytes per NAT'd IPv4 TCP upsert (UDP payload incl. 40-byte auth "
-              "envelope, %llu datagrams of %.0f bytes average; resent %llu)\n",
-              static_cast<double>(c.reliableBytesSent) / static_cast<double>(c.upsertsSent),
-              static_cast<unsigned long long>(c.reliableDatagramsSent),
-              static_cast<double>(c.reliableBytesSent) /
-                  static_cast<double>(c.reliableDatagramsSent),
-              static_cast<unsigned long long>(c.resentRecords));
+  std::printf(
+      "throughput, updates: %u records in %.3f s = %.2f M records/s (all acknowledged "
+      "after %.3f s)\n",
+      flows, s2, flows / s2 / 1e6, acked2);
+  std::printf(
+      "wire: %.1f bytes per NAT'd IPv4 TCP upsert (UDP payload incl. 40-byte auth "
+      "envelope, %llu datagrams of %.0f bytes average; resent %llu)\n",
+      static_cast<double>(c.reliableBytesSent) / static_cast<double>(c.upsertsSent),
+      static_cast<unsigned long long>(c.reliableDatagramsSent),
+      static_cast<double>(c.reliableBytesSent) / static_cast<double>(c.reliableDatagramsSent),
+      static_cast<unsigned long long>(c.resentRecords));
 }
 
 double median(std::vector<double> v) {
@@ -258,10 +261,11 @@ void loss(uint32_t flows, int runs) {
   }
   const double c = median(clean);
   const double l = median(lossy);
-  std::printf("loss: %u flows, lossless median %.1f ms (max %.1f); 10%% loss from start median "
-              "%.1f ms (max %.1f), ratio %.2f; converged %d/%d\n",
-              flows, c * 1e3, *std::max_element(clean.begin(), clean.end()) * 1e3, l * 1e3,
-              *std::max_element(lossy.begin(), lossy.end()) * 1e3, l / c, converged, runs);
+  std::printf(
+      "loss: %u flows, lossless median %.1f ms (max %.1f); 10%% loss from start median "
+      "%.1f ms (max %.1f), ratio %.2f; converged %d/%d\n",
+      flows, c * 1e3, *std::max_element(clean.begin(), clean.end()) * 1e3, l * 1e3,
+      *std::max_element(lossy.begin(), lossy.end()) * 1e3, l / c, converged, runs);
 }
 
 void bulk(uint32_t flows) {
@@ -297,11 +301,12 @@ void bulk(uint32_t flows) {
     ++failures;
     return;
   }
-  std::printf("bulk: %u flows to a node that just started in %.3f s (%.2f M flows/s; %llu "
-              "bulk(s) sent, %llu records in bulks, %llu resent)\n",
-              flows, s, flows / s / 1e6, static_cast<unsigned long long>(c.bulksSent),
-              static_cast<unsigned long long>(c.bulkRecordsSent),
-              static_cast<unsigned long long>(c.resentRecords));
+  std::printf(
+      "bulk: %u flows to a node that just started in %.3f s (%.2f M flows/s; %llu "
+      "bulk(s) sent, %llu records in bulks, %llu resent)\n",
+      flows, s, flows / s / 1e6, static_cast<unsigned long long>(c.bulksSent),
+      static_cast<unsigned long long>(c.bulkRecordsSent),
+      static_cast<unsigned long long>(c.resentRecords));
 }
 
 }  // namespace
@@ -318,7 +323,8 @@ int main(int argc, char** argv) {
     } else if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc) {
       runs = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: sync_bench [--quick] [--only throughput|loss|bulk] [--runs N]\n");
+      std::fprintf(stderr,
+                   "usage: sync_bench [--quick] [--only throughput|loss|bulk] [--runs N]\n");
       return 2;
     }
   }

@@ -547,10 +547,13 @@ TEST_P(NetnsMulticast, ReplicatorsConvergeAndSurviveALinkFailure) {
   ASSERT_TRUE(converged(2000));
 
   ASSERT_TRUE(sh("ip -n " + nsA_ + " link set dev ctA1 down"));
-  ASSERT_TRUE(waitFor([&] { return a.call([](replication::Node& n) {
-                                return n.channel().activeLink() == std::optional<size_t>(1);
-                              }); },
-                      3s));
+  ASSERT_TRUE(waitFor(
+      [&] {
+        return a.call([](replication::Node& n) {
+          return n.channel().activeLink() == std::optional<size_t>(1);
+        });
+      },
+      3s));
   a.call([](replication::Node& n) {
     for (uint32_t i = 2000; i < 3000; ++i) n.upsert(netnsFlow(i));
     n.remove(netnsFlow(5).key);

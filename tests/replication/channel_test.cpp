@@ -270,8 +270,7 @@ TEST(Channel, TruncatedAndOversizedDatagramsAreCountedAndDropped) {
   Inbox ia, ib;
   ChannelOptions small;
   small.maxDatagramBytes = 100;
-  auto a =
-      openOrFail(io, {toPeer(pa, pb)}, ia.handler(), small);
+  auto a = openOrFail(io, {toPeer(pa, pb)}, ia.handler(), small);
   auto b = openOrFail(io, {toPeer(pb, pa)}, ib.handler());
   ASSERT_TRUE(a && b);
   b->send(bytes(std::string(200, 'x')));
@@ -466,11 +465,10 @@ TEST(ChannelLifetime, HandlerMayCloseTheChannel) {
   const uint16_t pa = freePort("127.0.0.1"), pb = freePort("127.0.0.1");
   std::unique_ptr<Channel> a;
   int delivered = 0;
-  auto r = Channel::open(io, {toPeer(pa, pb)},
-                         [&](std::span<const uint8_t>, size_t) {
-                           ++delivered;
-                           a->close();
-                         });
+  auto r = Channel::open(io, {toPeer(pa, pb)}, [&](std::span<const uint8_t>, size_t) {
+    ++delivered;
+    a->close();
+  });
   ASSERT_TRUE(std::holds_alternative<std::unique_ptr<Channel>>(r));
   a = std::move(std::get<std::unique_ptr<Channel>>(r));
   Inbox ib;
@@ -488,8 +486,7 @@ TEST(ChannelLifetime, DestroyedWithOperationsPending) {
   Inbox ia;
   ChannelOptions fast;
   fast.probeInterval = 1ms;
-  auto a =
-      openOrFail(io, {toPeer(pa, pb)}, ia.handler(), fast);
+  auto a = openOrFail(io, {toPeer(pa, pb)}, ia.handler(), fast);
   ASSERT_TRUE(a);
   io.run_for(5ms);  // the probe timer has fired a few times and is armed again
   a.reset();        // its queued handlers must not touch the dead Channel

@@ -137,10 +137,9 @@ std::string runSeed(uint64_t seed) {
         // The source's generation is its own count; the engine keeps versions above it.
         FlowRecord again = *f;
         reopen(again);
-        again.version.generation =
-            std::max(again.version.generation,
-                     c.node(who).local(f->key) ? c.node(who).local(f->key)->version.generation + 1
-                                               : 0u);
+        again.version.generation = std::max(
+            again.version.generation,
+            c.node(who).local(f->key) ? c.node(who).local(f->key)->version.generation + 1 : 0u);
         *f = again;
         c.node(who).upsert(*f, c.now());
       }
@@ -186,14 +185,14 @@ std::string runSeed(uint64_t seed) {
       bulks += c.node(i).counters().bulksSent;
       reasserts += c.node(i).counters().ownerReasserts;
     }
-    std::printf("seed %llu: %zu nodes, %zu flows, %llu delivered, %llu dropped, %llu resent, "
-                "%llu bulks, %llu reasserts, t=%.1f s\n",
-                static_cast<unsigned long long>(seed), n, all.size(),
-                static_cast<unsigned long long>(c.delivered()),
-                static_cast<unsigned long long>(c.dropped()),
-                static_cast<unsigned long long>(resent), static_cast<unsigned long long>(bulks),
-                static_cast<unsigned long long>(reasserts),
-                static_cast<double>(c.now()) / kSecond);
+    std::printf(
+        "seed %llu: %zu nodes, %zu flows, %llu delivered, %llu dropped, %llu resent, "
+        "%llu bulks, %llu reasserts, t=%.1f s\n",
+        static_cast<unsigned long long>(seed), n, all.size(),
+        static_cast<unsigned long long>(c.delivered()),
+        static_cast<unsigned long long>(c.dropped()), static_cast<unsigned long long>(resent),
+        static_cast<unsigned long long>(bulks), static_cast<unsigned long long>(reasserts),
+        static_cast<double>(c.now()) / kSecond);
   }
   for (size_t i = 0; i < n; ++i) {
     const Engine& e = c.node(i);
@@ -219,9 +218,11 @@ std::string runSeed(uint64_t seed) {
           if (sources[o].count(k) == 0) continue;
           const auto l = c.node(o).local(k);
           const auto t = r.tombstone(k);
-          why += "\n  missing flow sport " + std::to_string(k.orig.sport) + " src3 " + std::to_string(k.orig.src.bytes[3]) + " of node " + std::to_string(o + 1) + " version " +
-                 (l ? std::to_string(l->version.generation) + "/" +
-                          std::to_string(l->version.hlc) + "/" + std::to_string(l->version.node)
+          why += "\n  missing flow sport " + std::to_string(k.orig.sport) + " src3 " +
+                 std::to_string(k.orig.src.bytes[3]) + " of node " + std::to_string(o + 1) +
+                 " version " +
+                 (l ? std::to_string(l->version.generation) + "/" + std::to_string(l->version.hlc) +
+                          "/" + std::to_string(l->version.node)
                     : std::string("none")) +
                  " tombstone here " +
                  (t ? std::to_string(t->generation) + "/" + std::to_string(t->hlc) + "/" +
@@ -235,8 +236,7 @@ std::string runSeed(uint64_t seed) {
         const auto l = c.node(o - 1u).local(f.record.key);
         why += "\n  extra flow of node " + std::to_string(o) + " version " +
                std::to_string(f.record.version.generation) + "/" +
-               std::to_string(f.record.version.hlc) + " owner local " +
-               (l ? "live" : "gone");
+               std::to_string(f.record.version.hlc) + " owner local " + (l ? "live" : "gone");
       });
       return why + "\nat t=" + std::to_string(c.now() / kSecond) + " s\n" + c.describe();
     }

@@ -29,8 +29,7 @@ using ctsync::replication::Record;
 }
 
 bool hasRanges(const ctsync::replication::Record& r) {
-  return std::holds_alternative<Nack>(r) ||
-         std::holds_alternative<ctsync::replication::Covered>(r);
+  return std::holds_alternative<Nack>(r) || std::holds_alternative<ctsync::replication::Covered>(r);
 }
 
 }  // namespace

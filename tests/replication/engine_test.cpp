@@ -191,8 +191,7 @@ TEST(EngineTest, ExpiredFlowsAreNotRenewedByCopiesFromOtherReplicas) {
   c.runFor(30 * kSecond);  // many digest rounds
   EXPECT_FALSE(c.node(1).replica().get(f.key));
   EXPECT_FALSE(c.node(2).replica().get(f.key));
-  EXPECT_GT(c.node(1).counters().sweptRelaysBlocked + c.node(2).counters().sweptRelaysBlocked,
-            0u);
+  EXPECT_GT(c.node(1).counters().sweptRelaysBlocked + c.node(2).counters().sweptRelaysBlocked, 0u);
 }
 
 TEST(EngineTest, GapOlderThanTheResendLogIsFilledByABulk) {
@@ -390,8 +389,8 @@ TEST(EngineTest, ForgedReplayedTruncatedFlippedAndOversizedDatagramsAreDropped) 
   s.node = 1;
   s.bootEpoch = 77;
   const Key key = sim::testKey();
-  Engine tx(s, key, [&](std::span<const uint8_t> d) { wire.emplace_back(d.begin(), d.end()); },
-            0);
+  Engine tx(
+      s, key, [&](std::span<const uint8_t> d) { wire.emplace_back(d.begin(), d.end()); }, 0);
   tx.upsert(flow(1, 1), 0);
   tx.poll(10 * kMillisecond);
   ASSERT_FALSE(wire.empty());
@@ -399,15 +398,16 @@ TEST(EngineTest, ForgedReplayedTruncatedFlippedAndOversizedDatagramsAreDropped) 
 
   s.node = 2;
   s.bootEpoch = 78;
-  Engine rx(s, key, [](std::span<const uint8_t>) {}, 0);
+  Engine rx(
+      s, key, [](std::span<const uint8_t>) {}, 0);
   auto count = [&](DropReason r) { return rx.counters().authDrops[static_cast<size_t>(r)]; };
 
   std::array<uint8_t, kKeySize> otherBytes{};
   otherBytes.fill(0x42);
   const Key other = Key::fromBytes(otherBytes);
   std::vector<uint8_t> forged;
-  Engine forger(s, other, [&](std::span<const uint8_t> d) { forged.assign(d.begin(), d.end()); },
-                0);
+  Engine forger(
+      s, other, [&](std::span<const uint8_t> d) { forged.assign(d.begin(), d.end()); }, 0);
   forger.upsert(flow(1, 2), 0);
   forger.poll(10 * kMillisecond);
   rx.receive(forged, 1);

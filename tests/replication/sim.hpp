@@ -2,9 +2,11 @@
 // A deterministic in-process cluster: N sync engines over a fake multicast network that drops,
 // duplicates, reorders, delays and partitions datagrams, driven by a manual clock. No sleeps,
 // no sockets; a seed fixes everything.
+#include <gtest/gtest.h>
+
 #include <algorithm>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -13,8 +15,6 @@
 #include <set>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "replication/auth.hpp"
 #include "replication/codec.hpp"
@@ -32,9 +32,9 @@ inline Key testKey() {
 }
 
 struct LinkFaults {
-  double loss = 0;       // probability a datagram to one receiver is dropped
-  double duplicate = 0;  // probability it is delivered twice
-  double reorder = 0;    // probability it is held back by up to reorderDelay
+  double loss = 0;          // probability a datagram to one receiver is dropped
+  double duplicate = 0;     // probability it is delivered twice
+  double reorder = 0;       // probability it is held back by up to reorderDelay
   Nanos delayMin = 50'000;  // one-way delay, uniform in [delayMin, delayMax]
   Nanos delayMax = 300'000;
   Nanos reorderDelay = 5 * kMillisecond;
@@ -149,19 +149,18 @@ class Cluster {
       const Engine& e = *nodes_[n].engine;
       const EngineCounters& k = e.counters();
       out += "node " + std::to_string(n + 1) + ": lastSeq " + std::to_string(e.lastSeq()) +
-             " idle " + std::to_string(e.idle(now_)) + " bulk " +
-             std::to_string(e.bulkRunning()) + " replica " + std::to_string(e.replica().size()) +
-             " nacksRx " + std::to_string(k.nacksReceived) + " bulksSent " +
-             std::to_string(k.bulksSent) + " coveredSent " + std::to_string(k.coveredSent) +
-             " bulksRx " + std::to_string(k.bulksReceived) + " sweeps " +
-             std::to_string(k.sweeps) + " swept " + std::to_string(k.sweptFlows) +
-             " reasserts " + std::to_string(k.ownerReasserts) + " expired " +
-             std::to_string(e.replica().stats().flowsExpired) + "\n";
+             " idle " + std::to_string(e.idle(now_)) + " bulk " + std::to_string(e.bulkRunning()) +
+             " replica " + std::to_string(e.replica().size()) + " nacksRx " +
+             std::to_string(k.nacksReceived) + " bulksSent " + std::to_string(k.bulksSent) +
+             " coveredSent " + std::to_string(k.coveredSent) + " bulksRx " +
+             std::to_string(k.bulksReceived) + " sweeps " + std::to_string(k.sweeps) + " swept " +
+             std::to_string(k.sweptFlows) + " reasserts " + std::to_string(k.ownerReasserts) +
+             " expired " + std::to_string(e.replica().stats().flowsExpired) + "\n";
       for (const PeerStatus& p : e.peers(now_)) {
-        out += "  peer " + std::to_string(p.node) + " up " + std::to_string(p.up) +
-               " epoch " + std::to_string(p.epoch) + " received " + std::to_string(p.received) +
-               " highest " + std::to_string(p.highest) + " acked " + std::to_string(p.acked) +
-               " lag " + std::to_string(p.lag) + " bulkOpen " + std::to_string(p.bulkOpen) +
+        out += "  peer " + std::to_string(p.node) + " up " + std::to_string(p.up) + " epoch " +
+               std::to_string(p.epoch) + " received " + std::to_string(p.received) + " highest " +
+               std::to_string(p.highest) + " acked " + std::to_string(p.acked) + " lag " +
+               std::to_string(p.lag) + " bulkOpen " + std::to_string(p.bulkOpen) +
                " resyncWanted " + std::to_string(p.resyncWanted) + "\n";
       }
     }
@@ -190,9 +189,7 @@ class Cluster {
     uint64_t order;
     size_t to;
     std::vector<uint8_t> bytes;
-    bool operator>(const InFlight& o) const {
-      return at != o.at ? at > o.at : order > o.order;
-    }
+    bool operator>(const InFlight& o) const { return at != o.at ? at > o.at : order > o.order; }
   };
   struct Slot {
     std::unique_ptr<Engine> engine;
