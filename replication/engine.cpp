@@ -114,7 +114,7 @@ void Engine::setLocal(Local& l, const FlowRecord& record, Version version, Nanos
   l.live = true;
   l.record = record;
   l.record.version = version;
-  countApply(replica_.apply(l.record, now));
+  countApply(l.record.key, replica_.apply(l.record, now));
   enqueueLocal(l, now);
 }
 
@@ -127,12 +127,13 @@ void Engine::writeLocalDelete(const FlowKey& key, Version version, Nanos now) {
   l.record.version = version;
   l.tombstoneUntil = now + settings_.replica.tombstoneTtl;
   localTombstones_.emplace_back(l.tombstoneUntil, key);
-  countApply(replica_.apply(FlowDelete{key, version}, now));
+  countApply(key, replica_.apply(FlowDelete{key, version}, now));
   enqueueLocal(l, now);
 }
 
 void Engine::forget(const std::vector<FlowDelete>& removed, Nanos now) {
   for (const FlowDelete& d : removed) {
+    if (onReplicaChange_) onReplicaChange_(d.key);
     swept_[d.key] = d.version;
     sweptExpiry_.emplace_back(now + settings_.replica.tombstoneTtl, d.key);
   }
@@ -343,9 +344,22 @@ void Engine::handleRecord(Peer& p, const Record& record, Nanos now, std::vector<
       record);
 }
 
-void Engine::countApply(const ApplyResult& r) {
+void Engine::countApply(const FlowKey& key, const ApplyResult& r) {
   ++counters_.applied[static_cast<size_t>(r.outcome)];
   if (r.natLoser && onNatConflict_) onNatConflict_(*r.natLoser);
+  if (!onReplicaChange_) return;
+  switch (r.outcome) {
+    case ApplyOutcome::kInserted:
+    case ApplyOutcome::kUpdated:
+    case ApplyOutcome::kMerged:
+    case ApplyOutcome::kVersionClash:
+    case ApplyOutcome::kDeleted:
+      onReplicaChange_(key);
+      break;
+    default:
+      break;
+  }
+  if (r.natLoser) onReplicaChange_(*r.natLoser);
 }
 
 void Engine::observe(const Version& v, Nanos now) {
@@ -376,7 +390,7 @@ void Engine::handleUpsert(const FlowRecord& r, uint16_t from, Nanos now) {
         swept_.erase(it);  // the writer itself, or a newer write: the flow lives
       }
     }
-    countApply(replica_.apply(r, now, fromWriter));
+    countApply(r.key, replica_.apply(r, now, fromWriter));
     return;
   }
   // A record in our name. Older than our state, or our state itself: harmless, merge it.
@@ -385,7 +399,7 @@ void Engine::handleUpsert(const FlowRecord& r, uint16_t from, Nanos now) {
     const Local& l = *mine;
     const Version& held = l.record.version;
     if (r.version < held || (r.version == held && l.live && sameContent(r, l.record))) {
-      countApply(replica_.apply(r, now));
+      countApply(r.key, replica_.apply(r, now));
       return;
     }
   }
@@ -412,7 +426,7 @@ void Engine::handleDelete(const FlowDelete& d, Nanos now) {
       return;
     }
   }
-  countApply(replica_.apply(d, now));
+  countApply(d.key, replica_.apply(d, now));
 }
 
 void Engine::handleNack(Peer& p, const Nack& n, Nanos now) {

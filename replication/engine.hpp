@@ -175,6 +175,11 @@ class Engine {
   Engine(const EngineSettings& settings, const Key& key, SendFn send, Nanos now);
 
   void onNatConflict(NatConflictFn fn) { onNatConflict_ = std::move(fn); }
+  // Called after the replica's live state of `key` changed (inserted, updated, merged, deleted,
+  // expired, swept, or shadowed by a NAT conflict), whoever wrote it; replica().get(key) tells
+  // the new state. For a kernel kept in step with the replica (continuous commit).
+  using ReplicaChangeFn = std::function<void(const FlowKey& key)>;
+  void onReplicaChange(ReplicaChangeFn fn) { onReplicaChange_ = std::move(fn); }
 
   // Local state, written by this node (its tracker or kernel). The engine stamps the version
   // (generation, hybrid logical clock, node); `flow.version` is ignored except that a higher
@@ -342,7 +347,7 @@ class Engine {
   void handleDelete(const FlowDelete& d, Nanos now);
   void handleNack(Peer& p, const Nack& n, Nanos now);
   void handleDigests(Peer& p, const std::vector<Digest>& digests, Nanos now);
-  void countApply(const ApplyResult& r);
+  void countApply(const FlowKey& key, const ApplyResult& r);
 
   void runPeerTimers(Nanos now);
   void runDigests(Nanos now);
@@ -358,6 +363,7 @@ class Engine {
   EngineSettings settings_;
   SendFn send_;
   NatConflictFn onNatConflict_;
+  ReplicaChangeFn onReplicaChange_;
   Sealer sealer_;
   Opener opener_;
   HybridClock hlc_;

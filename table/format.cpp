@@ -18,7 +18,9 @@ int64_t remainingSeconds(const Entry& e, Nanos now) {
   return left <= 0 ? 0 : left / kSecond;
 }
 
-void appendTuple(std::string& out, const Tuple& t) {
+}  // namespace
+
+void appendTupleText(std::string& out, const Tuple& t) {
   out += "src=" + formatAddr(t.l3, t.src) + " dst=" + formatAddr(t.l3, t.dst) + " ";
   switch (t.l4) {
     case proto::kTcp:
@@ -34,6 +36,8 @@ void appendTuple(std::string& out, const Tuple& t) {
       break;
   }
 }
+
+namespace {
 
 void appendCounters(std::string& out, const Entry& e, int dir) {
   appendf(out, "packets=%" PRIu64 " bytes=%" PRIu64 " ", e.packets[dir], e.bytes[dir]);
@@ -56,10 +60,10 @@ std::string format(std::optional<EventType> event, uint32_t mask, const ConnTabl
     out += tcpStateName(e.tcp.state);
     out += ' ';
   }
-  appendTuple(out, table.tuple(e, Dir::kOriginal));
+  appendTupleText(out, table.tuple(e, Dir::kOriginal));
   if (options.counters) appendCounters(out, e, 0);
   if ((e.status & status::kSeenReply) == 0) out += "[UNREPLIED] ";
-  appendTuple(out, table.tuple(e, Dir::kReply));
+  appendTupleText(out, table.tuple(e, Dir::kReply));
   if (options.counters) appendCounters(out, e, 1);
   if (e.status & status::kAssured) out += "[ASSURED] ";
   // Dumps always carry the mark; events only when it is set or changed.
@@ -120,9 +124,7 @@ std::string formatEvent(EventType type, uint32_t mask, const ConnTable& table, u
   return format(type, mask, table, index, now, options);
 }
 
-namespace {
-
-void jsonTuple(std::string& out, const Tuple& t) {
+void appendTupleJson(std::string& out, const Tuple& t) {
   out += "{\"src\":\"" + formatAddr(t.l3, t.src) + "\",\"dst\":\"" + formatAddr(t.l3, t.dst) + "\"";
   if (t.l4 == proto::kIcmp || t.l4 == proto::kIcmpv6) {
     appendf(out, ",\"type\":%u,\"code\":%u,\"id\":%u", t.icmpType(), t.icmpCode(), t.sport);
@@ -131,8 +133,6 @@ void jsonTuple(std::string& out, const Tuple& t) {
   }
   out += "}";
 }
-
-}  // namespace
 
 std::string formatEntryJson(const ConnTable& table, uint32_t index, Nanos now, const char* event) {
   const Entry& e = table.entry(index);
@@ -143,9 +143,9 @@ std::string formatEntryJson(const ConnTable& table, uint32_t index, Nanos now, c
   appendf(out, "\"timeout\":%" PRId64 ",", remainingSeconds(e, now));
   if (e.l4 == proto::kTcp) appendf(out, "\"state\":\"%s\",", tcpStateName(e.tcp.state));
   out += "\"orig\":";
-  jsonTuple(out, table.tuple(e, Dir::kOriginal));
+  appendTupleJson(out, table.tuple(e, Dir::kOriginal));
   out += ",\"reply\":";
-  jsonTuple(out, table.tuple(e, Dir::kReply));
+  appendTupleJson(out, table.tuple(e, Dir::kReply));
   out += ",\"flags\":[";
   bool first = true;
   auto flag = [&](uint32_t bit, const char* name) {

@@ -27,6 +27,11 @@ std::string formatEvent(EventType type, uint32_t mask, const ConnTable& table, u
 std::string formatEntryJson(const ConnTable& table, uint32_t index, Nanos now,
                             const char* event = nullptr);
 
+// A tuple as conntrack prints it ("src=A dst=B sport=P dport=Q ", trailing space) and as JSON
+// ({"src":..,"dst":..,"sport":..,"dport":..}); for the daemon's replica listings.
+void appendTupleText(std::string& out, const Tuple& t);
+void appendTupleJson(std::string& out, const Tuple& t);
+
 const char* eventTypeName(EventType type);  // "NEW", "UPDATE", "DESTROY", "REFRESH"
 const char* l4ProtoName(uint8_t l4);        // "tcp", ... "unknown" as conntrack-tools names them
 

@@ -441,5 +441,42 @@ TEST(EngineTest, ForgedReplayedTruncatedFlippedAndOversizedDatagramsAreDropped) 
   EXPECT_EQ(rx.replica().size(), 1u);
 }
 
+// The hook that keeps a backup's kernel in step: every change of a peer's flow in the replica
+// (insert, update, delete) is reported with its key, and replica().get() shows the new state.
+TEST(EngineTest, ReplicaChangesAreReportedToTheOwner) {
+  Cluster c(2, 3);
+  std::vector<std::pair<FlowKey, bool>> seen;  // key, live after the change
+  c.node(1).onReplicaChange([&](const FlowKey& key) {
+    seen.emplace_back(key, c.node(1).replica().get(key).has_value());
+  });
+  c.runFor(10 * kMillisecond);
+  FlowRecord f = flow(1, 3);
+  c.node(0).upsert(f, c.now());
+  ASSERT_TRUE(c.settle(kSecond));
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].first, f.key);
+  EXPECT_TRUE(seen[0].second);
+  f.mark = 42;
+  c.node(0).upsert(f, c.now());
+  ASSERT_TRUE(c.settle(kSecond));
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_TRUE(seen[1].second);
+  EXPECT_EQ(c.node(1).replica().get(f.key)->record.mark, 42u);
+  c.node(0).remove(f.key, c.now());
+  ASSERT_TRUE(c.settle(kSecond));
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_FALSE(seen[2].second);
+  // A flow that expires in the replica is reported too.
+  FlowRecord g = flow(1, 4);
+  g.timeoutSec = 1;
+  c.node(0).upsert(g, c.now());
+  ASSERT_TRUE(c.settle(kSecond));
+  ASSERT_EQ(seen.size(), 4u);
+  c.runFor(3 * kSecond);
+  ASSERT_GE(seen.size(), 5u);
+  EXPECT_EQ(seen[4].first, g.key);
+  EXPECT_FALSE(seen[4].second);
+}
+
 }  // namespace
 }  // namespace ctsync::replication
