@@ -623,6 +623,8 @@ constexpr KeySpec kKernelKeys[] = {
      }},
     {"commit_batch",
      [](const Node& n, Config& c) { return readNumber(n, 1, 65536, c.kernel.commitBatch); }},
+    {"commit_threads",
+     [](const Node& n, Config& c) { return readNumber(n, 1, 16, c.kernel.commitThreads); }},
     {"protocols",
      [](const Node& n, Config& c) { return readNameList(n, kProtocolNames, c.kernel.protocols); }},
     {"tcp_states",

@@ -57,7 +57,8 @@ struct KernelSettings {
   enum class Commit : uint8_t { kOnPromote, kContinuous } commit = Commit::kOnPromote;
   uint32_t netlinkRcvbufBytes = 64u << 20;  // event socket; ENOBUFS still triggers a resync
   uint32_t netlinkSndbufBytes = 16u << 20;
-  uint32_t commitBatch = 1024;               // messages per netlink send when committing
+  uint32_t commitBatch = 8192;               // messages per netlink send when committing
+  uint32_t commitThreads = 1;                // netlink sockets writing a large commit at once
   std::vector<uint8_t> protocols;            // IP protocols to sync; empty = all
   std::vector<std::string> ignoreAddresses;  // CIDRs: flows to or from them are not synced
   std::vector<uint8_t> tcpStates;            // table::TcpState values to sync; empty = all

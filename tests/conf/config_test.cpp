@@ -496,6 +496,7 @@ commit = "continuous"
 netlink_rcvbuf = 1048576
 netlink_sndbuf = 65536
 commit_batch = 1
+commit_threads = 3
 protocols = ["tcp", "udp", "tcp"]
 ignore_addresses = ["10.0.0.0/8", "fd00::/64", "192.0.2.1"]
 tcp_states = ["established", "syn_sent2"]
@@ -532,6 +533,7 @@ target = "syslog"
   EXPECT_EQ(c.kernel.netlinkRcvbufBytes, 1u << 20);
   EXPECT_EQ(c.kernel.netlinkSndbufBytes, 65536u);
   EXPECT_EQ(c.kernel.commitBatch, 1u);
+  EXPECT_EQ(c.kernel.commitThreads, 3u);
   EXPECT_EQ(c.kernel.protocols, (std::vector<uint8_t>{6, 17}));  // duplicates folded
   EXPECT_EQ(c.kernel.ignoreAddresses.size(), 3u);
   EXPECT_EQ(c.kernel.tcpStates, (std::vector<uint8_t>{3, 9}));
