@@ -1,0 +1,96 @@
+#include "syncd/flow_format.hpp"
+
+#include <cstdio>
+
+#include "table/format.hpp"
+#include "table/tcp.hpp"
+
+namespace ctsync::syncd {
+namespace {
+
+using table::status::kAssured;
+using table::status::kDstNat;
+using table::status::kSeenReply;
+using table::status::kSrcNat;
+
+std::string prefix(const table::Tuple& t, const char* event) {
+  char buf[64];
+  std::string out;
+  if (event != nullptr) {
+    std::snprintf(buf, sizeof buf, "%9s ", (std::string("[") + event + "]").c_str());
+    out += buf;
+  }
+  std::snprintf(buf, sizeof buf, "%-8s %u %-8s %u ", t.l3 == table::L3::kIpv4 ? "ipv4" : "ipv6",
+                static_cast<unsigned>(t.l3), table::l4ProtoName(t.l4), static_cast<unsigned>(t.l4));
+  return out + buf;
+}
+
+void trim(std::string& out) {
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+}
+
+}  // namespace
+
+std::string formatFlow(const replication::FlowRecord& r, uint32_t remainingSec, const char* event) {
+  std::string out = prefix(r.key.orig, event);
+  out += std::to_string(remainingSec) + " ";
+  if (r.key.orig.l4 == table::proto::kTcp) {
+    out += table::tcpStateName(static_cast<table::TcpState>(r.tcpState));
+    out += ' ';
+  }
+  table::appendTupleText(out, r.key.orig);
+  if ((r.status & kSeenReply) == 0) out += "[UNREPLIED] ";
+  table::appendTupleText(out, r.reply);
+  if ((r.status & kAssured) != 0) out += "[ASSURED] ";
+  out += "mark=" + std::to_string(r.mark) + " ";
+  if (r.key.zone != 0) out += "zone=" + std::to_string(r.key.zone) + " ";
+  if (event == nullptr) out += "use=1 ";
+  trim(out);
+  return out;
+}
+
+std::string formatFlowKey(const replication::FlowKey& key, const char* event) {
+  std::string out = prefix(key.orig, event);
+  table::appendTupleText(out, key.orig);
+  if (key.zone != 0) out += "zone=" + std::to_string(key.zone) + " ";
+  trim(out);
+  return out;
+}
+
+std::string formatFlowJson(const replication::FlowRecord& r, uint32_t remainingSec,
+                           const char* event) {
+  const table::Tuple& t = r.key.orig;
+  std::string out = "{";
+  if (event != nullptr) out += std::string("\"event\":\"") + event + "\",";
+  out += std::string("\"family\":\"") + (t.l3 == table::L3::kIpv4 ? "ipv4" : "ipv6") + "\"";
+  out += std::string(",\"proto\":\"") + table::l4ProtoName(t.l4) + "\"";
+  out += ",\"protonum\":" + std::to_string(t.l4);
+  out += ",\"timeout\":" + std::to_string(remainingSec);
+  if (t.l4 == table::proto::kTcp) {
+    out += std::string(",\"state\":\"") +
+           table::tcpStateName(static_cast<table::TcpState>(r.tcpState)) + "\"";
+  }
+  out += ",\"orig\":";
+  table::appendTupleJson(out, t);
+  out += ",\"reply\":";
+  table::appendTupleJson(out, r.reply);
+  out += ",\"flags\":[";
+  bool first = true;
+  for (const auto& [bit, name] :
+       {std::pair{kSeenReply, "seen_reply"}, std::pair{kAssured, "assured"},
+        std::pair{kSrcNat, "src_nat"}, std::pair{kDstNat, "dst_nat"}}) {
+    if ((r.status & bit) == 0) continue;
+    out += first ? "\"" : ",\"";
+    out += name;
+    out += "\"";
+    first = false;
+  }
+  out += "]";
+  out += ",\"mark\":" + std::to_string(r.mark) + ",\"zone\":" + std::to_string(r.key.zone);
+  out += ",\"owner\":" + std::to_string(r.version.node);
+  out += ",\"generation\":" + std::to_string(r.version.generation);
+  out += "}";
+  return out;
+}
+
+}  // namespace ctsync::syncd

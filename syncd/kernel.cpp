@@ -1,0 +1,1326 @@
+#include "syncd/kernel.hpp"
+// (system headers after: the header under test puts <utility> before Asio)
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <libmnl/libmnl.h>
+#include <libnetfilter_conntrack/libnetfilter_conntrack.h>
+#include <libnetfilter_conntrack/libnetfilter_conntrack_tcp.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netlink.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "table/format.hpp"
+#include "table/tcp.hpp"
+#include "table/types.hpp"
+
+// Facts about ctnetlink (Linux 6.x, net/netfilter/nf_conntrack_netlink.c) this file relies on:
+// - A create (IPCTNL_MSG_CT_NEW with NLM_F_CREATE|NLM_F_EXCL) takes both tuples and CTA_TIMEOUT.
+//   NAT is set up from CTA_NAT_SRC/CTA_NAT_DST against the reply tuple we pass: the kernel
+//   rewrites the reply tuple and sets SRC_NAT/DST_NAT only when the mapping changes it, so the
+//   reply tuple we send is the plain inverse of the original and NAT produces the real one.
+// - Status: CONFIRMED is set before CTA_STATUS is applied and EXPECTED only afterwards (from
+//   CTA_TUPLE_MASTER), and a status whose EXPECTED/CONFIRMED differ from the entry's is EBUSY;
+//   SEEN_REPLY and ASSURED can be set but never cleared (EBUSY). libnetfilter_conntrack always
+//   adds CONFIRMED.
+// - Labels are attached after the entry is inserted and a failure there is ignored: without a
+//   connlabel user in the namespace (an nft `ct label` rule, xt_connlabel) they are dropped.
+// - An existing entry (EEXIST) cannot take NAT, master or a new helper (EOPNOTSUPP/EBUSY).
+// - UPDATE events carry the TCP state only when it changed, labels only when they changed and
+//   the master tuple never (only NEW does); the source completes such events with a GET.
+// - With net.netfilter.nf_conntrack_events=2 (the default) an entry gets the event extension
+//   only if some ctnetlink listener exists when it is created (anywhere on the host: the flag is
+//   global, nf_ctnetlink_has_listener); one created while nobody listened never reports an
+//   event, not even its DESTROY. The source sets the sysctl to 1 in its namespace; then it
+//   can leave the event groups while stopped, which matters: with a listener every create of a
+//   commit also builds and queues an event, and commits run at about half the rate. (If the
+//   sysctl stays 2 the source stays subscribed, draining, while stopped.)
+
+namespace ctsync::syncd {
+namespace {
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+using table::Addr;
+using table::L3;
+using table::Tuple;
+
+constexpr uint32_t kEchoStatusMask = table::status::kExpected | table::status::kSeenReply |
+                                     table::status::kAssured | table::status::kSrcNat |
+                                     table::status::kDstNat;
+// The TCP flags a replica may carry over; the rest describe window data we do not have.
+constexpr uint8_t kCarriedTcpFlags = table::tcpflag::kWindowScale | table::tcpflag::kSackPerm |
+                                     table::tcpflag::kCloseInit | table::tcpflag::kBeLiberal;
+constexpr size_t kMaxMessageBytes = 2048;  // one ctnetlink message we build, with room to spare
+constexpr size_t kRecvBufferBytes = 256 * 1024;
+constexpr size_t kMaxErrorLines = 8;
+constexpr auto kEchoLifetime = std::chrono::seconds(5);
+constexpr auto kAnswerTimeout = std::chrono::seconds(10);
+
+struct NfctDeleter {
+  void operator()(nf_conntrack* ct) const { nfct_destroy(ct); }
+};
+using NfctPtr = std::unique_ptr<nf_conntrack, NfctDeleter>;
+
+struct MnlDeleter {
+  void operator()(mnl_socket* s) const { mnl_socket_close(s); }
+};
+using MnlPtr = std::unique_ptr<mnl_socket, MnlDeleter>;
+
+std::string errnoText(int err) {
+  return std::strerror(err);
+}
+
+bool hasPorts(uint8_t l4) {
+  switch (l4) {
+    case table::proto::kTcp:
+    case table::proto::kUdp:
+    case table::proto::kUdplite:
+    case 33:   // DCCP
+    case 47:   // GRE (keys travel as ports)
+    case 132:  // SCTP
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool isIcmp(uint8_t l4) {
+  return l4 == table::proto::kIcmp || l4 == table::proto::kIcmpv6;
+}
+
+// NAT changes ports only for the trackers that have them (nf_nat_proto.c).
+bool natHasPorts(uint8_t l4) {
+  return hasPorts(l4) && l4 != 47;
+}
+
+int family(L3 l3) {
+  return l3 == L3::kIpv4 ? AF_INET : AF_INET6;
+}
+
+// ---- address helpers ---------------------------------------------------------------------
+
+Addr addrAttr(const nf_conntrack* ct, L3 l3, nf_conntrack_attr v4, nf_conntrack_attr v6) {
+  Addr a;
+  if (l3 == L3::kIpv4) {
+    if (const void* p = nfct_get_attr(ct, v4)) std::memcpy(a.bytes.data(), p, 4);
+  } else {
+    if (const void* p = nfct_get_attr(ct, v6)) std::memcpy(a.bytes.data(), p, 16);
+  }
+  return a;
+}
+
+void setAddrAttr(nf_conntrack* ct, L3 l3, nf_conntrack_attr v4, nf_conntrack_attr v6,
+                 const Addr& a) {
+  if (l3 == L3::kIpv4) {
+    uint32_t n;
+    std::memcpy(&n, a.bytes.data(), 4);  // already network order
+    nfct_set_attr_u32(ct, v4, n);
+  } else {
+    nfct_set_attr(ct, v6, a.bytes.data());
+  }
+}
+
+uint16_t portAttr(const nf_conntrack* ct, nf_conntrack_attr attr) {
+  return nfct_attr_is_set(ct, attr) ? ntohs(nfct_get_attr_u16(ct, attr)) : 0;
+}
+
+// The original tuple and zone only: what a delete or a GET needs.
+void setKey(nf_conntrack* ct, const FlowKey& key) {
+  const Tuple& t = key.orig;
+  nfct_set_attr_u8(ct, ATTR_L3PROTO, static_cast<uint8_t>(family(t.l3)));
+  nfct_set_attr_u8(ct, ATTR_L4PROTO, t.l4);
+  setAddrAttr(ct, t.l3, ATTR_ORIG_IPV4_SRC, ATTR_ORIG_IPV6_SRC, t.src);
+  setAddrAttr(ct, t.l3, ATTR_ORIG_IPV4_DST, ATTR_ORIG_IPV6_DST, t.dst);
+  if (isIcmp(t.l4)) {
+    // Type first: the library derives the reply type from it (and copies the id and code).
+    nfct_set_attr_u8(ct, ATTR_ICMP_TYPE, t.icmpType());
+    nfct_set_attr_u8(ct, ATTR_ICMP_CODE, t.icmpCode());
+    nfct_set_attr_u16(ct, ATTR_ICMP_ID, htons(t.sport));
+  } else if (hasPorts(t.l4)) {
+    nfct_set_attr_u16(ct, ATTR_ORIG_PORT_SRC, htons(t.sport));
+    nfct_set_attr_u16(ct, ATTR_ORIG_PORT_DST, htons(t.dport));
+  }
+  if (key.zone != 0) nfct_set_attr_u16(ct, ATTR_ZONE, key.zone);
+}
+
+bool inPrefix(const Addr& a, const Addr& prefix, uint8_t bits) {
+  const size_t whole = bits / 8;
+  if (std::memcmp(a.bytes.data(), prefix.bytes.data(), whole) != 0) return false;
+  const unsigned rest = bits % 8;
+  if (rest == 0) return true;
+  const auto mask = static_cast<uint8_t>(0xff << (8 - rest));
+  return (a.bytes[whole] & mask) == (prefix.bytes[whole] & mask);
+}
+
+// "tcp 10.0.0.1:1234 -> 10.0.0.2:80", "icmp 10.0.0.1 -> 10.0.0.2 type 8 code 0 id 7".
+std::string describe(const FlowKey& key) {
+  const Tuple& t = key.orig;
+  auto endpoint = [&](const Addr& a, uint16_t port) {
+    std::string s = table::formatAddr(t.l3, a);
+    if (t.l3 == L3::kIpv6 && hasPorts(t.l4)) s = "[" + s + "]";
+    if (hasPorts(t.l4)) s += ":" + std::to_string(port);
+    return s;
+  };
+  std::string out = std::string(table::l4ProtoName(t.l4)) + " " + endpoint(t.src, t.sport) +
+                    " -> " + endpoint(t.dst, t.dport);
+  if (isIcmp(t.l4)) {
+    out += " type " + std::to_string(t.icmpType()) + " code " + std::to_string(t.icmpCode()) +
+           " id " + std::to_string(t.sport);
+  }
+  if (key.zone != 0) out += " zone " + std::to_string(key.zone);
+  return out;
+}
+
+// ---- netlink plumbing ----------------------------------------------------------------------
+
+// A ctnetlink request header (nlmsghdr + nfgenmsg) at `buf`.
+nlmsghdr* putHeader(void* buf, uint8_t msgType, uint16_t flags, uint32_t seq, uint8_t family) {
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buf);
+  nlh->nlmsg_type = static_cast<uint16_t>((NFNL_SUBSYS_CTNETLINK << 8) | msgType);
+  nlh->nlmsg_flags = static_cast<uint16_t>(NLM_F_REQUEST | flags);
+  nlh->nlmsg_seq = seq;
+  auto* nfh = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
+  nfh->nfgen_family = family;
+  nfh->version = NFNETLINK_V0;
+  nfh->res_id = 0;
+  return nlh;
+}
+
+// Buffers with FORCE (we are root in the daemon), falling back to the capped plain option.
+void setBuffer(int fd, int forceOpt, int plainOpt, uint32_t bytes) {
+  const int v = static_cast<int>(std::min<uint32_t>(bytes, INT32_MAX / 2));
+  if (::setsockopt(fd, SOL_SOCKET, forceOpt, &v, sizeof v) != 0) {
+    ::setsockopt(fd, SOL_SOCKET, plainOpt, &v, sizeof v);
+  }
+}
+
+std::variant<MnlPtr, std::string> openNetlink(unsigned groups, const char* what) {
+  MnlPtr nl(mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC));
+  if (!nl) return std::string(what) + ": netlink socket: " + errnoText(errno);
+  if (mnl_socket_bind(nl.get(), groups, MNL_SOCKET_AUTOPID) < 0) {
+    return std::string(what) + ": netlink bind: " + errnoText(errno);
+  }
+  // Errors and acks carry only the header of the request, not all of it back.
+  const int one = 1;
+  ::setsockopt(mnl_socket_get_fd(nl.get()), SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof one);
+  return nl;
+}
+
+// The answer of one request (GET): a parsed entry, ENOENT, or another error.
+struct GetAnswer {
+  NfctPtr ct;
+  int error = 0;
+};
+
+class Requester {
+ public:
+  explicit Requester(mnl_socket* nl) : nl_(nl), buf_(kRecvBufferBytes) {}
+
+  // Sends one GET for `key` and waits for the entry or the error.
+  GetAnswer get(const FlowKey& key) {
+    std::array<char, kMaxMessageBytes> msg{};
+    const uint32_t seq = ++seq_;
+    nlmsghdr* nlh = putHeader(msg.data(), IPCTNL_MSG_CT_GET, NLM_F_ACK, seq,
+                              static_cast<uint8_t>(family(key.orig.l3)));
+    NfctPtr q(nfct_new());
+    setKey(q.get(), key);
+    nfct_nlmsg_build(nlh, q.get());
+    GetAnswer out;
+    if (mnl_socket_sendto(nl_, nlh, nlh->nlmsg_len) < 0) {
+      out.error = errno;
+      return out;
+    }
+    bool done = false;
+    while (!done) {
+      const ssize_t n = mnl_socket_recvfrom(nl_, buf_.data(), buf_.size());
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        out.error = errno;
+        return out;
+      }
+      int len = static_cast<int>(n);
+      for (auto* m = reinterpret_cast<const nlmsghdr*>(buf_.data()); mnl_nlmsg_ok(m, len);
+           m = mnl_nlmsg_next(m, &len)) {
+        if (m->nlmsg_seq != seq) continue;  // a late answer to an abandoned request
+        if (m->nlmsg_type == NLMSG_ERROR) {
+          const auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
+          if (e->error != 0) out.error = -e->error;
+          done = true;  // the ack (or error) comes last
+        } else if (m->nlmsg_type == NLMSG_DONE) {
+          done = true;
+        } else if ((m->nlmsg_type >> 8) == NFNL_SUBSYS_CTNETLINK) {
+          out.ct.reset(nfct_new());
+          nfct_nlmsg_parse(m, out.ct.get());
+        }
+      }
+    }
+    if (!out.ct && out.error == 0) out.error = ENOENT;
+    return out;
+  }
+
+  uint32_t nextSeq() { return ++seq_; }
+  // Numbers [nextSeq(), nextSeq() + n) were used by a batch.
+  void advance(uint32_t n) { seq_ += n; }
+  std::vector<char>& buffer() { return buf_; }
+
+ private:
+  mnl_socket* nl_;
+  std::vector<char> buf_;
+  uint32_t seq_ = static_cast<uint32_t>(::time(nullptr));
+};
+
+enum class DumpStep : uint8_t {
+  kNext,      // deliver the next entry
+  kSkipRest,  // deliver no more, but read the rest off the socket so the next request starts clean
+  kAbort,     // return at once: the socket (and its owner) may be gone
+};
+
+// Runs a dump request on `nl` and calls `onEntry` for every entry message, in order. Returns 0
+// or an errno.
+template <typename F>
+int runDump(mnl_socket* nl, Requester& req, F&& onEntry) {
+  std::array<char, 64> msg{};
+  const uint32_t seq = req.nextSeq();
+  nlmsghdr* nlh = putHeader(msg.data(), IPCTNL_MSG_CT_GET, NLM_F_DUMP, seq, AF_UNSPEC);
+  if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) return errno;
+  std::vector<char>& buf = req.buffer();
+  bool delivering = true;
+  for (;;) {
+    const ssize_t n = mnl_socket_recvfrom(nl, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    int len = static_cast<int>(n);
+    for (auto* m = reinterpret_cast<const nlmsghdr*>(buf.data()); mnl_nlmsg_ok(m, len);
+         m = mnl_nlmsg_next(m, &len)) {
+      if (m->nlmsg_seq != seq) continue;
+      if (m->nlmsg_type == NLMSG_DONE) return 0;
+      if (m->nlmsg_type == NLMSG_ERROR) {
+        const auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
+        return e->error == 0 ? 0 : -e->error;
+      }
+      if (!delivering) continue;
+      const DumpStep step = onEntry(m);
+      if (step == DumpStep::kAbort) return 0;
+      delivering = step == DumpStep::kNext;
+    }
+  }
+}
+
+// Parses one ctnetlink entry message into a fresh object.
+NfctPtr parseEntry(const nlmsghdr* m) {
+  NfctPtr ct(nfct_new());
+  if (ct && nfct_nlmsg_parse(m, ct.get()) < 0) ct.reset();
+  return ct;
+}
+
+}  // namespace
+
+// ---- conversion --------------------------------------------------------------------------
+
+std::optional<FlowRecord> fromKernel(const nf_conntrack* ct) {
+  if (!nfct_attr_is_set(ct, ATTR_ORIG_L3PROTO) || !nfct_attr_is_set(ct, ATTR_ORIG_L4PROTO)) {
+    return std::nullopt;
+  }
+  L3 l3;
+  switch (nfct_get_attr_u8(ct, ATTR_ORIG_L3PROTO)) {
+    case AF_INET:
+      l3 = L3::kIpv4;
+      if (!nfct_attr_is_set(ct, ATTR_ORIG_IPV4_SRC) || !nfct_attr_is_set(ct, ATTR_REPL_IPV4_SRC)) {
+        return std::nullopt;
+      }
+      break;
+    case AF_INET6:
+      l3 = L3::kIpv6;
+      if (!nfct_attr_is_set(ct, ATTR_ORIG_IPV6_SRC) || !nfct_attr_is_set(ct, ATTR_REPL_IPV6_SRC)) {
+        return std::nullopt;
+      }
+      break;
+    default:
+      return std::nullopt;
+  }
+  FlowRecord r;
+  Tuple& o = r.key.orig;
+  o.l3 = l3;
+  o.l4 = nfct_get_attr_u8(ct, ATTR_ORIG_L4PROTO);
+  o.src = addrAttr(ct, l3, ATTR_ORIG_IPV4_SRC, ATTR_ORIG_IPV6_SRC);
+  o.dst = addrAttr(ct, l3, ATTR_ORIG_IPV4_DST, ATTR_ORIG_IPV6_DST);
+  if (isIcmp(o.l4)) {
+    o.sport = portAttr(ct, ATTR_ICMP_ID);
+    o.dport = static_cast<uint16_t>((nfct_get_attr_u8(ct, ATTR_ICMP_TYPE) << 8) |
+                                    nfct_get_attr_u8(ct, ATTR_ICMP_CODE));
+  } else {
+    o.sport = portAttr(ct, ATTR_ORIG_PORT_SRC);
+    o.dport = portAttr(ct, ATTR_ORIG_PORT_DST);
+  }
+  if (nfct_attr_is_set(ct, ATTR_ZONE)) {
+    r.key.zone = nfct_get_attr_u16(ct, ATTR_ZONE);
+  } else if (nfct_attr_is_set(ct, ATTR_ORIG_ZONE)) {
+    r.key.zone = nfct_get_attr_u16(ct, ATTR_ORIG_ZONE);
+  }
+
+  Tuple& rp = r.reply;
+  if (isIcmp(o.l4)) {
+    // The library keeps the reply's ICMP id and type but has no getter for them: derive them
+    // (the kernel inverts the type and keeps the id unless NAT had to change it).
+    rp = table::invertTuple(o).value_or(o);
+  } else {
+    rp.l3 = l3;
+    rp.l4 = o.l4;
+    rp.sport = portAttr(ct, ATTR_REPL_PORT_SRC);
+    rp.dport = portAttr(ct, ATTR_REPL_PORT_DST);
+  }
+  rp.src = addrAttr(ct, l3, ATTR_REPL_IPV4_SRC, ATTR_REPL_IPV6_SRC);
+  rp.dst = addrAttr(ct, l3, ATTR_REPL_IPV4_DST, ATTR_REPL_IPV6_DST);
+
+  if (nfct_attr_is_set(ct, ATTR_STATUS)) {
+    r.status = nfct_get_attr_u32(ct, ATTR_STATUS) & ~table::status::kHasLabels;
+  }
+  if (o.l4 == table::proto::kTcp) {
+    if (nfct_attr_is_set(ct, ATTR_TCP_STATE)) r.tcpState = nfct_get_attr_u8(ct, ATTR_TCP_STATE);
+    if (nfct_attr_is_set(ct, ATTR_TCP_FLAGS_ORIG)) {
+      r.tcpFlags[0] = nfct_get_attr_u8(ct, ATTR_TCP_FLAGS_ORIG);
+    }
+    if (nfct_attr_is_set(ct, ATTR_TCP_FLAGS_REPL)) {
+      r.tcpFlags[1] = nfct_get_attr_u8(ct, ATTR_TCP_FLAGS_REPL);
+    }
+    if (nfct_attr_is_set(ct, ATTR_TCP_WSCALE_ORIG)) {
+      r.tcpScale[0] = nfct_get_attr_u8(ct, ATTR_TCP_WSCALE_ORIG);
+    }
+    if (nfct_attr_is_set(ct, ATTR_TCP_WSCALE_REPL)) {
+      r.tcpScale[1] = nfct_get_attr_u8(ct, ATTR_TCP_WSCALE_REPL);
+    }
+  }
+  if (nfct_attr_is_set(ct, ATTR_TIMEOUT)) r.timeoutSec = nfct_get_attr_u32(ct, ATTR_TIMEOUT);
+  if (nfct_attr_is_set(ct, ATTR_MARK)) r.mark = nfct_get_attr_u32(ct, ATTR_MARK);
+  if (const auto* b = static_cast<const nfct_bitmask*>(nfct_get_attr(ct, ATTR_CONNLABELS))) {
+    const unsigned maxbit = std::min(nfct_bitmask_maxbit(b), 127u);
+    for (unsigned bit = 0; bit <= maxbit; ++bit) {
+      if (nfct_bitmask_test_bit(b, bit)) {
+        r.labels[bit / 8] = static_cast<uint8_t>(r.labels[bit / 8] | (1u << (bit % 8)));
+      }
+    }
+  }
+  if (const auto* name = static_cast<const char*>(nfct_get_attr(ct, ATTR_HELPER_NAME))) {
+    if (std::strcmp(name, "ftp") == 0) r.helper = 1;
+    if (std::strcmp(name, "tftp") == 0) r.helper = 2;
+  }
+  if (nfct_attr_is_set(ct, ATTR_MASTER_L3PROTO)) {
+    Tuple m;
+    m.l3 = l3;
+    m.l4 = nfct_get_attr_u8(ct, ATTR_MASTER_L4PROTO);
+    m.src = addrAttr(ct, l3, ATTR_MASTER_IPV4_SRC, ATTR_MASTER_IPV6_SRC);
+    m.dst = addrAttr(ct, l3, ATTR_MASTER_IPV4_DST, ATTR_MASTER_IPV6_DST);
+    m.sport = portAttr(ct, ATTR_MASTER_PORT_SRC);
+    m.dport = portAttr(ct, ATTR_MASTER_PORT_DST);
+    r.master = m;
+  }
+  return r;
+}
+
+void toKernel(const FlowRecord& r, uint32_t timeoutSec, nf_conntrack* ct, bool forUpdate) {
+  const Tuple& o = r.key.orig;
+  setKey(ct, r.key);
+  nfct_set_attr_u32(ct, ATTR_TIMEOUT, std::max<uint32_t>(timeoutSec, 1));
+  if (r.mark != 0 || forUpdate) nfct_set_attr_u32(ct, ATTR_MARK, r.mark);
+
+  // CONFIRMED is added by the library; EXPECTED must equal the entry's (see the top of the
+  // file): absent on create (the master sets it), present on an update of a related flow.
+  uint32_t status = r.status & (table::status::kSeenReply | table::status::kAssured);
+  if (forUpdate && r.master) status |= table::status::kExpected;
+  if (!forUpdate && r.helper != 0) status |= 1u << 13;  // IPS_HELPER: no auto-assignment
+  nfct_set_attr_u32(ct, ATTR_STATUS, status);
+
+  if (o.l4 == table::proto::kTcp) {
+    nfct_set_attr_u8(ct, ATTR_TCP_STATE, r.tcpState);
+    const nf_conntrack_attr flags[2] = {ATTR_TCP_FLAGS_ORIG, ATTR_TCP_FLAGS_REPL};
+    const nf_conntrack_attr masks[2] = {ATTR_TCP_MASK_ORIG, ATTR_TCP_MASK_REPL};
+    const nf_conntrack_attr scales[2] = {ATTR_TCP_WSCALE_ORIG, ATTR_TCP_WSCALE_REPL};
+    for (int d = 0; d < 2; ++d) {
+      nfct_set_attr_u8(
+          ct, flags[d],
+          static_cast<uint8_t>((r.tcpFlags[d] & kCarriedTcpFlags) | table::tcpflag::kBeLiberal));
+      nfct_set_attr_u8(ct, masks[d], kCarriedTcpFlags);
+      nfct_set_attr_u8(ct, scales[d], r.tcpScale[d]);
+    }
+  }
+
+  const bool anyLabel =
+      std::any_of(r.labels.begin(), r.labels.end(), [](uint8_t b) { return b != 0; });
+  if (anyLabel) {
+    nfct_bitmask* b = nfct_bitmask_new(127);
+    for (unsigned bit = 0; bit < 128; ++bit) {
+      if (r.labels[bit / 8] & (1u << (bit % 8))) nfct_bitmask_set_bit(b, bit);
+    }
+    nfct_set_attr(ct, ATTR_CONNLABELS, b);  // the object owns it from here
+  }
+  if (forUpdate) return;
+
+  // The reply tuple is the inverse of the original; NAT below turns it into r.reply.
+  nfct_set_attr_u8(ct, ATTR_REPL_L3PROTO, static_cast<uint8_t>(family(o.l3)));
+  nfct_set_attr_u8(ct, ATTR_REPL_L4PROTO, o.l4);
+  setAddrAttr(ct, o.l3, ATTR_REPL_IPV4_SRC, ATTR_REPL_IPV6_SRC, o.dst);
+  setAddrAttr(ct, o.l3, ATTR_REPL_IPV4_DST, ATTR_REPL_IPV6_DST, o.src);
+  if (hasPorts(o.l4) && !isIcmp(o.l4)) {
+    nfct_set_attr_u16(ct, ATTR_REPL_PORT_SRC, htons(o.dport));
+    nfct_set_attr_u16(ct, ATTR_REPL_PORT_DST, htons(o.sport));
+  }  // ICMP: setKey's type/id setters filled in the reply side
+
+  const Tuple& rp = r.reply;
+  const bool ports = natHasPorts(o.l4);
+  const bool snat = (r.status & table::status::kSrcNat) != 0 || !(rp.dst == o.src) ||
+                    (ports && rp.dport != o.sport);
+  const bool dnat = (r.status & table::status::kDstNat) != 0 || !(rp.src == o.dst) ||
+                    (ports && rp.sport != o.dport);
+  if (snat) {
+    setAddrAttr(ct, o.l3, ATTR_SNAT_IPV4, ATTR_SNAT_IPV6, rp.dst);
+    if (ports) nfct_set_attr_u16(ct, ATTR_SNAT_PORT, htons(rp.dport));
+  }
+  if (dnat) {
+    setAddrAttr(ct, o.l3, ATTR_DNAT_IPV4, ATTR_DNAT_IPV6, rp.src);
+    if (ports) nfct_set_attr_u16(ct, ATTR_DNAT_PORT, htons(rp.sport));
+  }
+
+  if (r.helper == 1) nfct_set_attr(ct, ATTR_HELPER_NAME, "ftp");
+  if (r.helper == 2) nfct_set_attr(ct, ATTR_HELPER_NAME, "tftp");
+
+  if (r.master) {
+    const Tuple& m = *r.master;
+    nfct_set_attr_u8(ct, ATTR_MASTER_L3PROTO, static_cast<uint8_t>(family(m.l3)));
+    nfct_set_attr_u8(ct, ATTR_MASTER_L4PROTO, m.l4);
+    setAddrAttr(ct, m.l3, ATTR_MASTER_IPV4_SRC, ATTR_MASTER_IPV6_SRC, m.src);
+    setAddrAttr(ct, m.l3, ATTR_MASTER_IPV4_DST, ATTR_MASTER_IPV6_DST, m.dst);
+    if (hasPorts(m.l4)) {
+      nfct_set_attr_u16(ct, ATTR_MASTER_PORT_SRC, htons(m.sport));
+      nfct_set_attr_u16(ct, ATTR_MASTER_PORT_DST, htons(m.dport));
+    }
+  }
+}
+
+// ---- filter ------------------------------------------------------------------------------
+
+std::variant<KernelFilter, std::string> KernelFilter::make(const conf::KernelSettings& settings) {
+  KernelFilter f;
+  f.protocols_ = settings.protocols;
+  f.tcpStates_ = settings.tcpStates;
+  for (const std::string& cidr : settings.ignoreAddresses) {
+    const size_t slash = cidr.find('/');
+    const std::string addr = cidr.substr(0, slash);
+    Prefix p{};
+    int maxBits;
+    if (::inet_pton(AF_INET, addr.c_str(), p.addr.bytes.data()) == 1) {
+      p.l3 = L3::kIpv4;
+      maxBits = 32;
+    } else if (::inet_pton(AF_INET6, addr.c_str(), p.addr.bytes.data()) == 1) {
+      p.l3 = L3::kIpv6;
+      maxBits = 128;
+    } else {
+      return "ignore_addresses: '" + cidr + "' is not an address or CIDR";
+    }
+    int bits = maxBits;
+    if (slash != std::string::npos) {
+      const std::string len = cidr.substr(slash + 1);
+      char* end = nullptr;
+      const long v = std::strtol(len.c_str(), &end, 10);
+      if (len.empty() || *end != '\0' || v < 0 || v > maxBits) {
+        return "ignore_addresses: '" + cidr + "' has a bad prefix length";
+      }
+      bits = static_cast<int>(v);
+    }
+    p.bits = static_cast<uint8_t>(bits);
+    f.ignored_.push_back(p);
+  }
+  return f;
+}
+
+bool KernelFilter::accepts(const FlowRecord& r) const {
+  if (!acceptsIdentity(r)) return false;
+  if (r.key.orig.l4 == table::proto::kTcp && !tcpStates_.empty() &&
+      std::find(tcpStates_.begin(), tcpStates_.end(), r.tcpState) == tcpStates_.end()) {
+    return false;
+  }
+  return true;
+}
+
+bool KernelFilter::acceptsIdentity(const FlowRecord& r) const {
+  const Tuple& o = r.key.orig;
+  if (!protocols_.empty() &&
+      std::find(protocols_.begin(), protocols_.end(), o.l4) == protocols_.end()) {
+    return false;
+  }
+  for (const Prefix& p : ignored_) {
+    if (p.l3 != o.l3) continue;
+    for (const Addr* a : {&o.src, &o.dst, &r.reply.src, &r.reply.dst}) {
+      if (inPrefix(*a, p.addr, p.bits)) return false;
+    }
+  }
+  return true;
+}
+
+// ---- source ------------------------------------------------------------------------------
+
+struct KernelSource::Impl {
+  Impl(asio::io_context& io, KernelFilter f, Callbacks c, MnlPtr ev, MnlPtr dump, int waitFd)
+      : filter(std::move(f)),
+        cb(std::move(c)),
+        events(std::move(ev)),
+        dumpSock(std::move(dump)),
+        requester(dumpSock.get()),
+        waiter(io, waitFd),
+        recvBufs(kBatchDatagrams, std::vector<char>(kDatagramBytes)) {}
+
+  ~Impl() {
+    alive.reset();  // a pending wait handler sees this and does nothing
+    if (destroyedFlag != nullptr) *destroyedFlag = true;
+    boost::system::error_code ec;
+    waiter.close(ec);  // the dup'ed descriptor; the mnl sockets close their own
+  }
+
+  // Callbacks run inside a Delivery. A callback may stop, resync or even destroy the source:
+  // `destroyed` tells the code below it to return at once without touching the object.
+  struct Delivery {
+    explicit Delivery(Impl* i) : impl(i), prev(i->destroyedFlag) {
+      impl->destroyedFlag = &destroyed;
+      ++impl->depth;
+    }
+    ~Delivery() {
+      if (destroyed) {
+        if (prev != nullptr) *prev = true;
+        return;
+      }
+      impl->destroyedFlag = prev;
+      --impl->depth;
+    }
+    Delivery(const Delivery&) = delete;
+    Delivery& operator=(const Delivery&) = delete;
+    Impl* impl;
+    bool* prev;
+    bool destroyed = false;
+  };
+
+  struct Echo {
+    uint32_t status;
+    uint8_t tcpState;
+    uint32_t mark;
+    Tuple reply;
+    Clock::time_point expires;
+  };
+
+  static constexpr size_t kBatchDatagrams = 32;
+  static constexpr size_t kDatagramBytes = 16 * 1024;
+  static constexpr size_t kDatagramsPerWakeup = 8192;
+
+  // Returns false if a callback destroyed the source.
+  [[nodiscard]] bool runPendingDumps() {
+    while (dumpPending && running && depth == 0) {
+      dumpPending = false;
+      drainEvents();
+      if (!dumpOnce()) return false;
+    }
+    return true;
+  }
+
+  void requestDump() {
+    dumpPending = true;
+    if (depth == 0) (void)runPendingDumps();  // nothing to do after it either way
+  }
+
+  // Throws away what the event socket holds: a dump that starts after it supersedes all of it.
+  // Bounded by twice the receive buffer, so events older than an overrun cannot survive it.
+  void drainEvents() {
+    int rcvbuf = 0;
+    socklen_t len = sizeof rcvbuf;
+    ::getsockopt(mnl_socket_get_fd(events.get()), SOL_SOCKET, SO_RCVBUF, &rcvbuf, &len);
+    size_t budget = 2 * static_cast<size_t>(std::max(rcvbuf, 65536));
+    std::vector<char>& buf = recvBufs[0];
+    while (budget > 0) {
+      const ssize_t n =
+          ::recv(mnl_socket_get_fd(events.get()), buf.data(), buf.size(), MSG_DONTWAIT | MSG_TRUNC);
+      if (n < 0) {
+        if (errno == EINTR || errno == ENOBUFS) continue;
+        return;  // EAGAIN: empty
+      }
+      budget -= std::min(budget, std::max<size_t>(static_cast<size_t>(n), 1));
+    }
+  }
+
+  // One full dump through the callbacks. Returns false if a callback destroyed the source.
+  [[nodiscard]] bool dumpOnce() {
+    Delivery d(this);
+    ++counters.dumps;
+    if (cb.dumpBegin) cb.dumpBegin();
+    if (d.destroyed) return false;
+    bool abandoned = !running;
+    const int err = runDump(dumpSock.get(), requester, [&](const nlmsghdr* m) {
+      ++counters.dumpedFlows;
+      NfctPtr ct = parseEntry(m);
+      std::optional<FlowRecord> r = ct ? fromKernel(ct.get()) : std::nullopt;
+      if (!r) {
+        ++counters.unparsable;
+      } else if (!filter.accepts(*r)) {
+        ++counters.filtered;
+      } else {
+        if (cb.upsert) cb.upsert(*r);
+        if (d.destroyed) return DumpStep::kAbort;  // touch nothing any more
+      }
+      if (!running) abandoned = true;
+      return abandoned ? DumpStep::kSkipRest : DumpStep::kNext;
+    });
+    if (d.destroyed) return false;
+    if (err != 0) {
+      // A dump that failed half way cannot say what is gone: no dumpEnd; try again (a few
+      // times, so that a kernel that keeps refusing cannot hang the thread).
+      ++failedDumps;
+      if (failedDumps < 3) dumpPending = true;
+      return true;
+    }
+    failedDumps = 0;
+    if (!abandoned && cb.dumpEnd) cb.dumpEnd();
+    return !d.destroyed;
+  }
+
+  void armWait() {
+    if (waiting) return;
+    waiting = true;
+    waiter.async_wait(
+        asio::posix::stream_descriptor::wait_read,
+        [this, token = std::weak_ptr<int>(alive)](const boost::system::error_code& ec) {
+          if (token.expired()) return;
+          waiting = false;
+          if (ec) return;
+          if (!onReadable()) return;
+          armWait();
+        });
+  }
+
+  // Reads what the event socket holds (a bounded amount). Returns false if destroyed.
+  [[nodiscard]] bool onReadable() {
+    const int fd = mnl_socket_get_fd(events.get());
+    std::array<mmsghdr, kBatchDatagrams> msgs{};
+    std::array<iovec, kBatchDatagrams> iov{};
+    size_t seen = 0;
+    while (seen < kDatagramsPerWakeup) {
+      for (size_t i = 0; i < kBatchDatagrams; ++i) {
+        iov[i] = {recvBufs[i].data(), recvBufs[i].size()};
+        msgs[i] = {};
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+      }
+      const int n = ::recvmmsg(fd, msgs.data(), kBatchDatagrams, MSG_DONTWAIT, nullptr);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == ENOBUFS) {
+          // Events were lost: only a full dump can tell what the kernel holds now.
+          if (running) {
+            ++counters.overruns;
+            dumpPending = true;
+          }
+          continue;
+        }
+        break;  // EAGAIN: all read
+      }
+      seen += static_cast<size_t>(n);
+      if (!running || dumpPending) continue;  // stopped, or superseded by the coming dump
+      Delivery d(this);
+      for (int i = 0; i < n && running && !dumpPending; ++i) {
+        int len = static_cast<int>(msgs[static_cast<size_t>(i)].msg_len);
+        for (auto* m = reinterpret_cast<const nlmsghdr*>(recvBufs[static_cast<size_t>(i)].data());
+             mnl_nlmsg_ok(m, len) && running && !dumpPending; m = mnl_nlmsg_next(m, &len)) {
+          handleEvent(m);
+          if (d.destroyed) return false;
+        }
+      }
+    }
+    return runPendingDumps();
+  }
+
+  // Joins or leaves the NEW, UPDATE and DESTROY groups. False (errno set) if the kernel refused.
+  bool subscribe(bool on) {
+    if (on == subscribed) return true;
+    for (int group : {NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY}) {
+      if (mnl_socket_setsockopt(events.get(), on ? NETLINK_ADD_MEMBERSHIP : NETLINK_DROP_MEMBERSHIP,
+                                &group, sizeof group) < 0) {
+        return false;
+      }
+    }
+    subscribed = on;
+    return true;
+  }
+
+  // Whether an event lacks a field the kernel leaves out when it did not change.
+  bool incomplete(const nf_conntrack* ct, const FlowRecord& r, bool isNew) const {
+    if (r.key.orig.l4 == table::proto::kTcp && !nfct_attr_is_set(ct, ATTR_TCP_STATE)) return true;
+    if ((r.status & table::status::kExpected) && !r.master) return true;
+    return !isNew && labelsSeen && !nfct_attr_is_set(ct, ATTR_CONNLABELS);
+  }
+
+  void handleEvent(const nlmsghdr* m) {
+    if ((m->nlmsg_type >> 8) != NFNL_SUBSYS_CTNETLINK) return;
+    const int type = m->nlmsg_type & 0xff;
+    if (type != IPCTNL_MSG_CT_NEW && type != IPCTNL_MSG_CT_DELETE) return;
+    const bool isNew = type == IPCTNL_MSG_CT_NEW && (m->nlmsg_flags & NLM_F_CREATE) != 0;
+    if (type == IPCTNL_MSG_CT_DELETE) {
+      ++counters.destroyEvents;
+    } else if (isNew) {
+      ++counters.newEvents;
+    } else {
+      ++counters.updateEvents;
+    }
+    NfctPtr ct = parseEntry(m);
+    std::optional<FlowRecord> r = ct ? fromKernel(ct.get()) : std::nullopt;
+    if (!r) {
+      ++counters.unparsable;
+      return;
+    }
+    if (type == IPCTNL_MSG_CT_DELETE) {
+      // The final TCP state says nothing about whether the flow was synced: only what never
+      // changes (protocol, addresses) decides.
+      if (!filter.acceptsIdentity(*r)) {
+        ++counters.filtered;
+        return;
+      }
+      if (cb.remove) cb.remove(r->key);
+      return;
+    }
+    if (std::any_of(r->labels.begin(), r->labels.end(), [](uint8_t b) { return b != 0; })) {
+      labelsSeen = true;
+    }
+    if (incomplete(ct.get(), *r, isNew)) {
+      GetAnswer a = requester.get(r->key);
+      if (!a.ct) return;  // gone already: its DESTROY follows
+      std::optional<FlowRecord> full = fromKernel(a.ct.get());
+      if (!full) return;
+      r = std::move(full);
+    }
+    if (consumeEcho(*r)) {
+      ++counters.echoesSuppressed;
+      return;
+    }
+    if (!filter.accepts(*r)) {
+      ++counters.filtered;
+      return;
+    }
+    if (cb.upsert) cb.upsert(*r);
+  }
+
+  void expireEchoes(Clock::time_point now) {
+    while (!echoOrder.empty() && echoOrder.front().first <= now) {
+      auto it = echoes.find(echoOrder.front().second);
+      if (it != echoes.end()) {
+        auto& v = it->second;
+        v.erase(std::remove_if(v.begin(), v.end(), [&](const Echo& e) { return e.expires <= now; }),
+                v.end());
+        if (v.empty()) echoes.erase(it);
+      }
+      echoOrder.pop_front();
+    }
+  }
+
+  bool consumeEcho(const FlowRecord& r) {
+    if (echoes.empty()) return false;
+    expireEchoes(Clock::now());
+    auto it = echoes.find(r.key);
+    if (it == echoes.end()) return false;
+    auto& v = it->second;
+    for (auto e = v.begin(); e != v.end(); ++e) {
+      if ((e->status & kEchoStatusMask) == (r.status & kEchoStatusMask) &&
+          e->tcpState == r.tcpState && e->mark == r.mark && e->reply == r.reply) {
+        v.erase(e);
+        if (v.empty()) echoes.erase(it);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  KernelFilter filter;
+  Callbacks cb;
+  MnlPtr events;
+  MnlPtr dumpSock;
+  Requester requester;
+  asio::posix::stream_descriptor waiter;  // a dup of the event socket, for readiness only
+  std::vector<std::vector<char>> recvBufs;
+  std::shared_ptr<int> alive = std::make_shared<int>(0);
+  bool* destroyedFlag = nullptr;
+  int depth = 0;
+  bool running = false;
+  bool subscribed = false;
+  bool alwaysSubscribed = false;
+  bool waiting = false;
+  bool dumpPending = false;
+  bool labelsSeen = false;
+  int failedDumps = 0;
+  KernelSourceCounters counters;
+  std::unordered_map<FlowKey, std::vector<Echo>, replication::FlowKeyHasher> echoes;
+  std::deque<std::pair<Clock::time_point, FlowKey>> echoOrder;
+};
+
+namespace {
+
+constexpr char kEventsSysctl[] = "/proc/sys/net/netfilter/nf_conntrack_events";
+
+int readEventsSysctl() {
+  FILE* f = std::fopen(kEventsSysctl, "r");
+  if (f == nullptr) return -1;
+  int v = -1;
+  if (std::fscanf(f, "%d", &v) != 1) v = -1;
+  std::fclose(f);
+  return v;
+}
+
+// See the top of the file: from now on every new entry reports its events, whether or not a
+// listener exists at that moment (a restarting daemon). Returns the setting in force, or an
+// error for 0: the administrator turned events off, which the source cannot work without.
+std::variant<int, std::string> enableEvents() {
+  int v = readEventsSysctl();
+  if (v == 0) return std::string("kernel source: ") + kEventsSysctl + " is 0: events are off";
+  if (v == 2) {
+    if (FILE* f = std::fopen(kEventsSysctl, "w")) {
+      std::fputs("1\n", f);
+      std::fclose(f);
+    }
+    v = readEventsSysctl();
+  }
+  return v;
+}
+
+}  // namespace
+
+std::variant<std::unique_ptr<KernelSource>, std::string> KernelSource::open(
+    asio::io_context& io, const conf::KernelSettings& settings, KernelFilter filter,
+    Callbacks callbacks) {
+  const auto events = enableEvents();
+  if (auto* err = std::get_if<std::string>(&events)) return *err;
+  auto ev = openNetlink(0, "kernel source events");
+  if (auto* err = std::get_if<std::string>(&ev)) return *err;
+  auto dump = openNetlink(0, "kernel source dumps");
+  if (auto* err = std::get_if<std::string>(&dump)) return *err;
+  MnlPtr& evSock = std::get<MnlPtr>(ev);
+  const int fd = mnl_socket_get_fd(evSock.get());
+  setBuffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, settings.netlinkRcvbufBytes);
+  const int waitFd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (waitFd < 0) return "kernel source: dup: " + errnoText(errno);
+  auto impl = std::make_unique<Impl>(io, std::move(filter), std::move(callbacks), std::move(evSock),
+                                     std::move(std::get<MnlPtr>(dump)), waitFd);
+  // Without nf_conntrack_events=1 the subscription must stay alive (and drained) while stopped.
+  impl->alwaysSubscribed = std::get<int>(events) != 1;
+  if (impl->alwaysSubscribed && !impl->subscribe(true)) {
+    return "kernel source: joining the conntrack event groups: " + errnoText(errno);
+  }
+  impl->armWait();
+  return std::unique_ptr<KernelSource>(new KernelSource(std::move(impl)));
+}
+
+KernelSource::KernelSource(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+KernelSource::~KernelSource() = default;
+
+void KernelSource::start() {
+  if (impl_->running) return;
+  impl_->subscribe(true);  // before the dump, so that no change falls between the two
+  impl_->running = true;
+  impl_->requestDump();
+}
+
+void KernelSource::stop() {
+  impl_->running = false;
+  impl_->dumpPending = false;
+  if (!impl_->alwaysSubscribed) impl_->subscribe(false);
+}
+
+bool KernelSource::running() const {
+  return impl_->running;
+}
+
+void KernelSource::resync() {
+  if (!impl_->running) return;
+  impl_->requestDump();
+}
+
+void KernelSource::expectEcho(const FlowRecord& r) {
+  const Clock::time_point now = Clock::now();
+  impl_->expireEchoes(now);
+  const Clock::time_point expires = now + kEchoLifetime;
+  impl_->echoes[r.key].push_back(Impl::Echo{r.status, r.tcpState, r.mark, r.reply, expires});
+  impl_->echoOrder.emplace_back(expires, r.key);
+}
+
+const KernelSourceCounters& KernelSource::counters() const {
+  return impl_->counters;
+}
+
+// ---- sink --------------------------------------------------------------------------------
+
+struct KernelSink::Impl {
+  enum class Kind : uint8_t { kCreate, kUpdate, kDelete };
+  struct Op {
+    Kind kind;
+    uint32_t index;         // into upserts or deletes
+    bool noHelper = false;  // retry of a create the kernel refused for its helper
+    bool noStatus = false;  // retry of an update whose status bits the kernel refused
+    bool noLabels = false;  // retry of an update the kernel had no room for labels for
+  };
+
+  static constexpr size_t kAnswerSlots = 64;
+  static constexpr size_t kAnswerSlotBytes = 4096;  // an error carries the request's header only
+
+  Impl(const conf::KernelSettings& s, MnlPtr socket)
+      : settings(s),
+        nl(std::move(socket)),
+        requester(nl.get()),
+        answerBuf(kAnswerSlots * kAnswerSlotBytes) {
+    // Bytes per send: the count limit should bind first; one message always fits.
+    batchLimit = std::clamp<size_t>(size_t{s.commitBatch} * 512, kMaxMessageBytes, 4u << 20);
+    for (std::vector<char>& b : pipe) b.resize(batchLimit + kMaxMessageBytes);
+    const int fd = mnl_socket_get_fd(nl.get());
+    setBuffer(fd, SO_SNDBUFFORCE, SO_SNDBUF,
+              std::max<uint32_t>(s.netlinkSndbufBytes, static_cast<uint32_t>(2 * batchLimit)));
+    // Room for one error per message of a batch (each a small skb of ~1 KiB truesize).
+    setBuffer(fd, SO_RCVBUFFORCE, SO_RCVBUF,
+              static_cast<uint32_t>(std::max<size_t>(8u << 20, 2048 * s.commitBatch)));
+    timeval tv{static_cast<time_t>(kAnswerTimeout.count()), 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+
+  void fail(CommitResult& res, const FlowKey& key, int err) {
+    ++res.failed;
+    if (res.errors.size() < kMaxErrorLines)
+      res.errors.push_back(describe(key) + ": " + errnoText(err));
+  }
+
+  // Builds one message for `op` at `buf`.
+  static void build(const Op& op, void* buf, uint32_t seq, std::span<const FlowRecord> upserts,
+                    std::span<const FlowKey> deletes) {
+    NfctPtr ct(nfct_new());
+    if (op.kind == Kind::kDelete) {
+      const FlowKey& k = deletes[op.index];
+      nlmsghdr* nlh =
+          putHeader(buf, IPCTNL_MSG_CT_DELETE, 0, seq, static_cast<uint8_t>(family(k.orig.l3)));
+      setKey(ct.get(), k);
+      nfct_nlmsg_build(nlh, ct.get());
+      return;
+    }
+    const FlowRecord& r = upserts[op.index];
+    const bool create = op.kind == Kind::kCreate;
+    nlmsghdr* nlh = putHeader(buf, IPCTNL_MSG_CT_NEW, create ? NLM_F_CREATE | NLM_F_EXCL : 0, seq,
+                              static_cast<uint8_t>(family(r.key.orig.l3)));
+    toKernel(r, r.timeoutSec, ct.get(), !create);
+    if (op.noHelper) nfct_attr_unset(ct.get(), ATTR_HELPER_NAME);
+    if (op.noStatus) nfct_attr_unset(ct.get(), ATTR_STATUS);
+    if (op.noLabels) nfct_attr_unset(ct.get(), ATTR_CONNLABELS);
+    nfct_nlmsg_build(nlh, ct.get());
+  }
+
+  // One send's worth of ops[from..], built into `buf`.
+  struct Built {
+    size_t from = 0;
+    size_t count = 0;  // at least one
+    size_t bytes = 0;
+    uint32_t firstSeq = 0;
+  };
+
+  // Builds up to commitBatch messages (and at most batchLimit bytes) from ops[from..]. Touches
+  // nothing but `buf`: the pipeline's builder thread calls it.
+  Built buildBatch(const std::vector<Op>& ops, size_t from, uint32_t firstSeq,
+                   std::vector<char>& buf, std::span<const FlowRecord> upserts,
+                   std::span<const FlowKey> deletes) const {
+    const size_t perSend = std::max<uint32_t>(settings.commitBatch, 1);
+    mnl_nlmsg_batch* batch = mnl_nlmsg_batch_start(buf.data(), batchLimit);
+    Built b{from, 0, 0, firstSeq};
+    nlmsghdr* last = nullptr;
+    while (from + b.count < ops.size() && b.count < perSend) {
+      auto* nlh = static_cast<nlmsghdr*>(mnl_nlmsg_batch_current(batch));
+      build(ops[from + b.count], nlh, firstSeq + static_cast<uint32_t>(b.count), upserts, deletes);
+      // Full: this message goes first next time. The byte limit always holds one message.
+      if (!mnl_nlmsg_batch_next(batch) && last != nullptr) break;
+      last = nlh;
+      ++b.count;
+    }
+    // Errors always come back; the ack of the last message says the batch is done.
+    last->nlmsg_flags |= NLM_F_ACK;
+    b.bytes = static_cast<size_t>(reinterpret_cast<char*>(last) + last->nlmsg_len - buf.data());
+    mnl_nlmsg_batch_stop(batch);
+    return b;
+  }
+
+  void sendBatch(const Built& b, const std::vector<char>& buf, const std::vector<Op>& ops,
+                 std::vector<Op>& retries, std::span<const FlowRecord> upserts,
+                 std::span<const FlowKey> deletes, CommitResult& res) {
+    answers.assign(b.count, kNoAnswer);
+    const int sendErr = sendAndCollect(buf.data(), b.bytes, b.firstSeq, answers);
+    ++counters.batches;
+    for (size_t k = 0; k < b.count; ++k) {
+      int err = answers[k];
+      if (err == kNoAnswer) err = sendErr;  // 0 unless the answers were lost
+      settle(retries, ops[b.from + k], err, upserts, deletes, res);
+    }
+  }
+
+  // Runs `ops`, then the retries their answers ask for (EEXIST -> update, ...), round by round.
+  void runPhase(std::vector<Op> ops, std::span<const FlowRecord> upserts,
+                std::span<const FlowKey> deletes, CommitResult& res) {
+    std::vector<Op> retries;
+    while (!ops.empty()) {
+      retries.clear();
+      runRound(ops, retries, upserts, deletes, res);
+      ops.swap(retries);
+    }
+  }
+
+  void runRound(const std::vector<Op>& ops, std::vector<Op>& retries,
+                std::span<const FlowRecord> upserts, std::span<const FlowKey> deletes,
+                CommitResult& res) {
+    const uint32_t base = requester.nextSeq();
+    requester.advance(static_cast<uint32_t>(ops.size()));
+    const size_t perSend = std::max<uint32_t>(settings.commitBatch, 1);
+    if (perSend < kPipeMinBatch || ops.size() <= 2 * perSend) {
+      for (size_t pos = 0; pos < ops.size();) {
+        const Built b =
+            buildBatch(ops, pos, base + static_cast<uint32_t>(pos), pipe[0], upserts, deletes);
+        sendBatch(b, pipe[0], ops, retries, upserts, deletes, res);
+        pos += b.count;
+      }
+      return;
+    }
+    // The kernel handles a send in the sending thread, one message after the other under
+    // ctnetlink's mutex: building the next batch meanwhile on another core hides our part
+    // (about a fifth of a commit). The builder touches only its buffers and the inputs; all
+    // answers and counters stay on this thread.
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<size_t> ready;
+    std::deque<size_t> free;
+    std::array<Built, kPipeDepth> built{};
+    for (size_t i = 0; i < kPipeDepth; ++i) free.push_back(i);
+    std::thread builder([&] {
+      for (size_t pos = 0; pos < ops.size();) {
+        size_t slot;
+        {
+          std::unique_lock lock(mu);
+          cv.wait(lock, [&] { return !free.empty(); });
+          slot = free.front();
+          free.pop_front();
+        }
+        built[slot] =
+            buildBatch(ops, pos, base + static_cast<uint32_t>(pos), pipe[slot], upserts, deletes);
+        pos += built[slot].count;
+        {
+          std::lock_guard lock(mu);
+          ready.push_back(slot);
+        }
+        cv.notify_all();
+      }
+    });
+    for (size_t done = 0; done < ops.size();) {
+      size_t slot;
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return !ready.empty(); });
+        slot = ready.front();
+        ready.pop_front();
+      }
+      sendBatch(built[slot], pipe[slot], ops, retries, upserts, deletes, res);
+      done += built[slot].count;
+      {
+        std::lock_guard lock(mu);
+        free.push_back(slot);
+      }
+      cv.notify_all();
+    }
+    builder.join();
+  }
+
+  static constexpr int kNoAnswer = -1;
+
+  // Sends one batch and reads the answers. Fills `out[k]` with the errno of message k (0 for the
+  // acked last one). Messages without an answer succeeded, unless the return value (an
+  // errno) says the answers were lost or the send failed.
+  int sendAndCollect(const void* data, size_t len, uint32_t firstSeq, std::vector<int>& out) {
+    if (mnl_socket_sendto(nl.get(), data, len) < 0) return errno;
+    const uint32_t lastSeq = firstSeq + static_cast<uint32_t>(out.size()) - 1;
+    // Each answer is a datagram of its own (a batch of EEXIST is one per message): many per call.
+    std::array<mmsghdr, kAnswerSlots> msgs{};
+    std::array<iovec, kAnswerSlots> iov{};
+    bool lost = false;
+    bool done = false;
+    for (;;) {
+      for (size_t i = 0; i < kAnswerSlots; ++i) {
+        iov[i] = {answerBuf.data() + i * kAnswerSlotBytes, kAnswerSlotBytes};
+        msgs[i] = {};
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+      }
+      // Block for the first answer only; after a loss, or once the last one is in, take what
+      // is queued and stop.
+      const int flags = (lost || done) ? MSG_DONTWAIT : MSG_WAITFORONE;
+      const int n =
+          ::recvmmsg(mnl_socket_get_fd(nl.get()), msgs.data(), kAnswerSlots, flags, nullptr);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == ENOBUFS) {  // some answers were dropped: read what is left, then give up
+          lost = true;
+          continue;
+        }
+        if (done) return 0;
+        return lost ? ENOBUFS : errno;  // EAGAIN after a loss, or the receive timeout
+      }
+      for (int i = 0; i < n; ++i) {
+        int left = static_cast<int>(msgs[static_cast<size_t>(i)].msg_len);
+        for (auto* m = reinterpret_cast<const nlmsghdr*>(iov[static_cast<size_t>(i)].iov_base);
+             mnl_nlmsg_ok(m, left); m = mnl_nlmsg_next(m, &left)) {
+          if (m->nlmsg_type != NLMSG_ERROR) continue;
+          const uint32_t seq = m->nlmsg_seq;
+          if (seq - firstSeq > lastSeq - firstSeq) continue;  // an older batch's straggler
+          const auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
+          out[seq - firstSeq] = -e->error;
+          if (seq == lastSeq) done = true;
+        }
+      }
+      // The answers come in order, all queued before the send returned: the last one closes
+      // the batch.
+      if (done && !lost) return 0;
+    }
+  }
+
+  void settle(std::vector<Op>& ops, const Op& op, int err, std::span<const FlowRecord> upserts,
+              std::span<const FlowKey> deletes, CommitResult& res) {
+    switch (op.kind) {
+      case Kind::kDelete:
+        if (err == 0) {
+          ++res.deleted;
+        } else if (err == ENOENT) {
+          ++res.absent;
+        } else {
+          fail(res, deletes[op.index], err);
+        }
+        return;
+      case Kind::kCreate: {
+        const FlowRecord& r = upserts[op.index];
+        if (err == 0) {
+          ++res.created;
+        } else if (err == EEXIST) {
+          ops.push_back(Op{Kind::kUpdate, op.index});
+        } else if (err == EOPNOTSUPP && r.helper != 0 && !op.noHelper) {
+          // The kernel has no such helper (or not for this protocol): the flow matters more
+          // than its helper, so it goes in without one.
+          Op retry = op;
+          retry.noHelper = true;
+          ops.push_back(retry);
+        } else {
+          fail(res, r.key, err);
+        }
+        return;
+      }
+      case Kind::kUpdate: {
+        const FlowRecord& r = upserts[op.index];
+        if (err == 0) {
+          ++res.updated;
+        } else if (err == EBUSY && !op.noStatus) {
+          // The entry has status bits the record lacks (ASSURED cannot be cleared) or another
+          // EXPECTED bit: keep the kernel's and change the rest.
+          Op retry = op;
+          retry.noStatus = true;
+          ops.push_back(retry);
+        } else if (err == ENOSPC && !op.noLabels) {
+          // No label extension on the entry (nothing in the namespace uses labels, so a create
+          // dropped them silently): change the rest.
+          Op retry = op;
+          retry.noLabels = true;
+          ops.push_back(retry);
+        } else {
+          fail(res, r.key, err);
+        }
+        return;
+      }
+    }
+  }
+
+  conf::KernelSettings settings;
+  MnlPtr nl;
+  Requester requester;
+  static constexpr size_t kPipeDepth = 3;
+  static constexpr size_t kPipeMinBatch = 64;  // below, the hand-offs cost more than they save
+  size_t batchLimit = 0;
+  std::array<std::vector<char>, kPipeDepth> pipe;  // batch buffers: built, in flight, next
+  std::vector<char> answerBuf;
+  std::vector<int> answers;
+  KernelSinkCounters counters;
+};
+
+std::variant<std::unique_ptr<KernelSink>, std::string> KernelSink::open(
+    const conf::KernelSettings& settings) {
+  auto nl = openNetlink(0, "kernel sink");
+  if (auto* err = std::get_if<std::string>(&nl)) return *err;
+  auto impl = std::make_unique<Impl>(settings, std::move(std::get<MnlPtr>(nl)));
+  return std::unique_ptr<KernelSink>(new KernelSink(std::move(impl)));
+}
+
+KernelSink::KernelSink(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+KernelSink::~KernelSink() = default;
+
+CommitResult KernelSink::commit(std::span<const FlowRecord> upserts,
+                                std::span<const FlowKey> deletes) {
+  const auto t0 = Clock::now();
+  CommitResult res;
+  using Op = Impl::Op;
+  using Kind = Impl::Kind;
+  // Deletes first (they may free tuples the creates need), then flows without a master, then
+  // related flows, whose masters must exist by then.
+  std::vector<Op> ops;
+  ops.reserve(deletes.size());
+  for (uint32_t i = 0; i < deletes.size(); ++i) ops.push_back(Op{Kind::kDelete, i});
+  impl_->runPhase(std::move(ops), upserts, deletes, res);
+  for (const bool related : {false, true}) {
+    ops.clear();
+    for (uint32_t i = 0; i < upserts.size(); ++i) {
+      if (upserts[i].master.has_value() == related) ops.push_back(Op{Kind::kCreate, i});
+    }
+    impl_->runPhase(std::move(ops), upserts, deletes, res);
+  }
+  res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  KernelSinkCounters& c = impl_->counters;
+  ++c.commits;
+  c.created += res.created;
+  c.updated += res.updated;
+  c.deleted += res.deleted;
+  c.failed += res.failed;
+  return res;
+}
+
+size_t KernelSink::flushKernel() {
+  size_t entries = 0;
+  runDump(impl_->nl.get(), impl_->requester, [&](const nlmsghdr*) {
+    ++entries;
+    return DumpStep::kNext;
+  });
+  // One message empties the table (every family and zone): AF_UNSPEC with no tuple.
+  std::array<char, 64> msg{};
+  const uint32_t seq = impl_->requester.nextSeq();
+  nlmsghdr* nlh = putHeader(msg.data(), IPCTNL_MSG_CT_DELETE, NLM_F_ACK, seq, AF_UNSPEC);
+  std::vector<int> answers(1, Impl::kNoAnswer);
+  const int err = impl_->sendAndCollect(nlh, nlh->nlmsg_len, seq, answers);
+  ++impl_->counters.batches;
+  if (err != 0 || answers[0] != 0) return 0;
+  return entries;
+}
+
+const KernelSinkCounters& KernelSink::counters() const {
+  return impl_->counters;
+}
+
+}  // namespace ctsync::syncd

@@ -1,0 +1,882 @@
+// KernelSource and KernelSink against the real kernel: the test thread moves into a network
+// namespace of its own (a fresh conntrack table), so the kernel is the oracle and the host's
+// table is never touched. Needs root (ip netns, ctnetlink); skipped otherwise. Its own
+// executable and ctest label ("netns"). Each test makes its namespace and deletes it on the way
+// out, pass or fail; leftovers of a crashed run are swept at the next start.
+//
+// `--gtest_filter=*CommitRate*` measures commits per second into a fresh namespace.
+
+// The header under test comes first: it puts <utility> before Asio (Boost 1.74, GCC 12, C++20).
+#include "syncd/kernel.hpp"
+// (system headers after)
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <boost/asio/io_context.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "table/tcp.hpp"
+#include "table/types.hpp"
+
+namespace ctsync::syncd {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using replication::FlowKey;
+using replication::FlowKeyHasher;
+using replication::FlowRecord;
+using table::Addr;
+using table::L3;
+using table::Tuple;
+namespace st = table::status;
+namespace proto = table::proto;
+
+constexpr char kPrefix[] = "ctsync-kn-";
+constexpr uint32_t kCompared =
+    st::kExpected | st::kSeenReply | st::kAssured | st::kSrcNat | st::kDstNat;
+constexpr uint8_t kCarried = table::tcpflag::kWindowScale | table::tcpflag::kSackPerm |
+                             table::tcpflag::kCloseInit | table::tcpflag::kBeLiberal;
+
+using Table = std::unordered_map<FlowKey, FlowRecord, FlowKeyHasher>;
+
+// Runs a shell command; returns its exit status and output (for failure messages).
+std::pair<int, std::string> run(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (p == nullptr) return {-1, "popen failed"};
+  std::array<char, 512> buf{};
+  while (std::fgets(buf.data(), buf.size(), p) != nullptr) out += buf.data();
+  const int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// Namespaces named after a test process that no longer exists: a crashed earlier run.
+void sweepLeftovers() {
+  DIR* dir = ::opendir("/run/netns");
+  if (dir == nullptr) return;
+  std::vector<std::string> stale;
+  while (dirent* e = ::readdir(dir)) {
+    const std::string name = e->d_name;
+    if (name.rfind(kPrefix, 0) != 0) continue;
+    const long pid = std::strtol(name.c_str() + sizeof kPrefix - 1, nullptr, 10);
+    if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) stale.push_back(name);
+  }
+  ::closedir(dir);
+  for (const std::string& name : stale) run("ip netns del " + name);
+}
+
+ino_t nsInode(const char* path) {
+  struct stat s {};
+  return ::stat(path, &s) == 0 ? s.st_ino : 0;
+}
+
+// ---- flows -------------------------------------------------------------------------------
+
+Addr v4(uint32_t hostOrder) {
+  return Addr::v4(hostOrder);
+}
+
+Addr v6(uint16_t first, uint32_t low) {
+  Addr a;
+  a.bytes[0] = static_cast<uint8_t>(first >> 8);
+  a.bytes[1] = static_cast<uint8_t>(first);
+  a.bytes[12] = static_cast<uint8_t>(low >> 24);
+  a.bytes[13] = static_cast<uint8_t>(low >> 16);
+  a.bytes[14] = static_cast<uint8_t>(low >> 8);
+  a.bytes[15] = static_cast<uint8_t>(low);
+  return a;
+}
+
+Tuple tuple(L3 l3, uint8_t l4, Addr src, Addr dst, uint16_t sport, uint16_t dport) {
+  Tuple t;
+  t.l3 = l3;
+  t.l4 = l4;
+  t.src = src;
+  t.dst = dst;
+  t.sport = sport;
+  t.dport = dport;
+  return t;
+}
+
+FlowRecord flow(const Tuple& orig, uint32_t status, uint32_t timeout) {
+  FlowRecord r;
+  r.key.orig = orig;
+  r.reply = table::invertTuple(orig).value();
+  r.status = status;
+  r.timeoutSec = timeout;
+  return r;
+}
+
+FlowRecord tcpFlow(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport,
+                   table::TcpState state = table::TcpState::kEstablished) {
+  FlowRecord r = flow(tuple(L3::kIpv4, proto::kTcp, v4(src), v4(dst), sport, dport),
+                      st::kSeenReply | st::kAssured, 3600);
+  r.tcpState = static_cast<uint8_t>(state);
+  return r;
+}
+
+// A mix: SNAT'd TCP ESTABLISHED, DNAT'd UDP, ICMP echo, IPv6 TCP and UDP (some in zone 3),
+// assorted marks, labels and timeouts.
+std::vector<FlowRecord> mixedFlows(int n, bool labels) {
+  std::vector<FlowRecord> out;
+  out.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    const auto u = static_cast<uint32_t>(i);
+    const uint32_t client = 0x0a000000u | (u + 1);  // 10.0.x.y
+    const auto sport = static_cast<uint16_t>(1024 + i);
+    FlowRecord r;
+    switch (i % 5) {
+      case 0: {  // TCP, SNAT to 203.0.113.1:(20000+i)
+        r = flow(
+            tuple(L3::kIpv4, proto::kTcp, v4(client), v4(0xc6336400u | (u % 250 + 1)), sport, 443),
+            st::kSeenReply | st::kAssured | st::kSrcNat, 100000 + u);
+        r.reply.dst = v4(0xcb007101u);
+        r.reply.dport = static_cast<uint16_t>(20000 + i);
+        r.tcpState = static_cast<uint8_t>(table::TcpState::kEstablished);
+        r.tcpFlags[0] = r.tcpFlags[1] = table::tcpflag::kWindowScale | table::tcpflag::kSackPerm;
+        r.tcpScale[0] = 7;
+        r.tcpScale[1] = 10;
+        break;
+      }
+      case 1: {  // UDP, DNAT 192.0.2.10:53 -> 172.16.0.k:5353
+        r = flow(tuple(L3::kIpv4, proto::kUdp, v4(client), v4(0xc000020au), sport, 53),
+                 st::kSeenReply | st::kAssured | st::kDstNat, 30 + u % 150);
+        r.reply.src = v4(0xac100000u | (u % 200 + 1));
+        r.reply.sport = 5353;
+        break;
+      }
+      case 2:  // ICMP echo request, id i
+        r = flow(tuple(L3::kIpv4, proto::kIcmp, v4(client), v4(0x0a640001u), sport, 8 << 8),
+                 st::kSeenReply, 30);
+        break;
+      case 3: {  // IPv6 TCP, no NAT, SYN_RECV half the time
+        r = flow(tuple(L3::kIpv6, proto::kTcp, v6(0xfd00, u + 1), v6(0xfd01, 1), sport, 80),
+                 st::kSeenReply, 60 + u % 60);
+        r.tcpState =
+            static_cast<uint8_t>(i % 2 ? table::TcpState::kEstablished : table::TcpState::kSynRecv);
+        if (i % 2) r.status |= st::kAssured;
+        r.tcpFlags[0] = table::tcpflag::kSackPerm;
+        break;
+      }
+      default: {  // IPv6 UDP, unreplied, some in zone 3
+        r = flow(tuple(L3::kIpv6, proto::kUdp, v6(0xfd00, u + 1), v6(0xfd02, 53), sport, 53), 0,
+                 20 + u % 10);
+        if (i % 3 == 0) r.key.zone = 3;
+        break;
+      }
+    }
+    if (i % 7 == 0) r.mark = u | 0x10000;
+    if (labels && i % 11 == 0) r.labels[u % 16] = static_cast<uint8_t>(1u << (u % 8));
+    out.push_back(r);
+  }
+  return out;
+}
+
+// Field-by-field: what the kernel holds for a committed record.
+void expectSame(const FlowRecord& want, const FlowRecord& got) {
+  SCOPED_TRACE(::testing::Message()
+               << "flow " << table::formatAddr(want.key.orig.l3, want.key.orig.src) << ":"
+               << want.key.orig.sport << " l4 " << int{want.key.orig.l4} << " zone "
+               << want.key.zone);
+  EXPECT_EQ(got.key, want.key);
+  EXPECT_EQ(got.reply, want.reply);
+  EXPECT_EQ(got.status & kCompared, want.status & kCompared) << std::hex << got.status;
+  EXPECT_EQ(got.tcpState, want.tcpState);
+  if (want.key.orig.l4 == proto::kTcp) {
+    for (int d = 0; d < 2; ++d) {
+      EXPECT_EQ(got.tcpFlags[d], (want.tcpFlags[d] & kCarried) | table::tcpflag::kBeLiberal) << d;
+    }
+    const bool scaled = (want.tcpFlags[0] & want.tcpFlags[1] & table::tcpflag::kWindowScale) != 0;
+    EXPECT_EQ(got.tcpScale[0], scaled ? want.tcpScale[0] : 0);
+    EXPECT_EQ(got.tcpScale[1], scaled ? want.tcpScale[1] : 0);
+  }
+  const uint32_t t = std::max<uint32_t>(want.timeoutSec, 1);
+  EXPECT_LE(got.timeoutSec, t);
+  EXPECT_GE(got.timeoutSec + 3, t);
+  EXPECT_EQ(got.mark, want.mark);
+  EXPECT_EQ(got.labels, want.labels);
+  EXPECT_EQ(got.helper, want.helper);
+  EXPECT_EQ(got.master, want.master);
+}
+
+// What a KernelSource's owner keeps: upserts and removes, and a dump's sweep at dumpEnd.
+struct Owner {
+  Table flows;
+  std::unordered_set<FlowKey, FlowKeyHasher> seen;
+  bool inDump = false;
+  int dumpBegins = 0;
+  int dumpEnds = 0;
+  int upserts = 0;
+  int removes = 0;
+  std::function<void(const FlowRecord&)> onUpsert;  // extra behaviour for a test
+  std::function<void(const FlowKey&)> onRemove;
+
+  KernelSource::Callbacks callbacks() {
+    KernelSource::Callbacks c;
+    c.upsert = [this](const FlowRecord& r) {
+      ++upserts;
+      flows[r.key] = r;
+      if (inDump) seen.insert(r.key);
+      if (onUpsert) onUpsert(r);
+    };
+    c.remove = [this](const FlowKey& k) {
+      ++removes;
+      flows.erase(k);
+      if (onRemove) onRemove(k);
+    };
+    c.dumpBegin = [this] {
+      ++dumpBegins;
+      inDump = true;
+      seen.clear();
+    };
+    c.dumpEnd = [this] {
+      ++dumpEnds;
+      inDump = false;
+      for (auto it = flows.begin(); it != flows.end();) {
+        it = seen.count(it->first) ? std::next(it) : flows.erase(it);
+      }
+    };
+    return c;
+  }
+};
+
+KernelFilter filterOf(const conf::KernelSettings& s) {
+  auto f = KernelFilter::make(s);
+  return std::get<KernelFilter>(std::move(f));
+}
+
+std::unique_ptr<KernelSource> openSource(boost::asio::io_context& io, Owner& owner,
+                                         const conf::KernelSettings& s = {}) {
+  auto opened = KernelSource::open(io, s, filterOf(s), owner.callbacks());
+  if (auto* err = std::get_if<std::string>(&opened)) {
+    ADD_FAILURE() << *err;
+    return nullptr;
+  }
+  return std::move(std::get<std::unique_ptr<KernelSource>>(opened));
+}
+
+std::unique_ptr<KernelSink> openSink(const conf::KernelSettings& s = {}) {
+  auto opened = KernelSink::open(s);
+  if (auto* err = std::get_if<std::string>(&opened)) {
+    ADD_FAILURE() << *err;
+    return nullptr;
+  }
+  return std::move(std::get<std::unique_ptr<KernelSink>>(opened));
+}
+
+// The kernel's table, through a KernelSource dump (unfiltered).
+Table dumpTable() {
+  boost::asio::io_context io;
+  Owner owner;
+  auto src = openSource(io, owner);
+  if (!src) return {};
+  src->start();
+  EXPECT_EQ(owner.dumpEnds, 1);
+  return owner.flows;
+}
+
+// Runs the io_context until `done` or the limit.
+bool pump(boost::asio::io_context& io, const std::function<bool()>& done,
+          std::chrono::milliseconds limit = 3000ms) {
+  const auto deadline = Clock::now() + limit;
+  while (!done()) {
+    if (Clock::now() >= deadline) return false;
+    io.restart();
+    io.run_for(5ms);
+  }
+  return true;
+}
+
+// Runs the io_context until nothing arrives for a while.
+void settle(boost::asio::io_context& io, const KernelSourceCounters& c) {
+  auto total = [&] { return c.newEvents + c.updateEvents + c.destroyEvents + c.dumps; };
+  uint64_t last = total();
+  auto quietSince = Clock::now();
+  const auto deadline = Clock::now() + 10s;
+  while (Clock::now() - quietSince < 200ms && Clock::now() < deadline) {
+    io.restart();
+    io.run_for(10ms);
+    if (total() != last) {
+      last = total();
+      quietSince = Clock::now();
+    }
+  }
+}
+
+// ---- the fixture -------------------------------------------------------------------------
+
+class KernelNetns : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "network namespaces and ctnetlink need root";
+    sweepLeftovers();
+    static int counter = 0;
+    ns_ = kPrefix + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+    if (auto [rc, out] = run("ip netns add " + ns_); rc != 0) {
+      GTEST_SKIP() << "cannot create a network namespace: " << out;
+    }
+    made_ = true;
+    hostNs_ = ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(hostNs_, 0);
+    const int fd = ::open(("/run/netns/" + ns_).c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::setns(fd, CLONE_NEWNET), 0) << std::strerror(errno);
+    ::close(fd);
+    entered_ = true;
+    // Every socket below is opened in this namespace: make sure before touching a table.
+    ASSERT_EQ(nsInode("/proc/thread-self/ns/net"), nsInode(("/run/netns/" + ns_).c_str()));
+    ASSERT_NE(nsInode("/proc/thread-self/ns/net"), 0u);
+    // Labels need a connlabel user in the namespace, or the kernel drops them silently. Without
+    // nft the tests run without labels.
+    labels_ =
+        quiet("nft add table inet ctsync_test") &&
+        quiet("nft add chain inet ctsync_test pre '{ type filter hook prerouting priority 0; }'") &&
+        quiet("nft add rule inet ctsync_test pre ct label set 127");
+  }
+
+  void TearDown() override {
+    if (entered_) {
+      EXPECT_EQ(::setns(hostNs_, CLONE_NEWNET), 0);
+    }
+    if (hostNs_ >= 0) ::close(hostNs_);
+    if (made_) run("ip netns del " + ns_);
+  }
+
+  // A command inside the test namespace.
+  bool sh(const std::string& cmd) {
+    auto [rc, out] = run("ip netns exec " + ns_ + " " + cmd);
+    if (rc != 0) ADD_FAILURE() << cmd << " -> " << rc << ": " << out;
+    return rc == 0;
+  }
+  bool quiet(const std::string& cmd) { return run("ip netns exec " + ns_ + " " + cmd).first == 0; }
+  std::string out(const std::string& cmd) { return run("ip netns exec " + ns_ + " " + cmd).second; }
+
+  std::string ns_;
+  int hostNs_ = -1;
+  bool made_ = false;
+  bool entered_ = false;
+  bool labels_ = false;
+};
+
+// ---- sink --------------------------------------------------------------------------------
+
+TEST_F(KernelNetns, CommitsAMixAndTheKernelHoldsExactlyIt) {
+  conf::KernelSettings settings;
+  settings.commitBatch = 1024;
+  auto sink = openSink(settings);
+  ASSERT_TRUE(sink);
+  const std::vector<FlowRecord> flows = mixedFlows(2000, labels_);
+  const CommitResult res = sink->commit(flows);
+  EXPECT_EQ(res.created, flows.size());
+  EXPECT_EQ(res.failed, 0u);
+  EXPECT_TRUE(res.errors.empty()) << res.errors.front();
+  EXPECT_EQ(sink->counters().created, flows.size());
+  EXPECT_EQ(sink->counters().batches, 2u);  // 1024 per send
+
+  const Table kernel = dumpTable();
+  ASSERT_EQ(kernel.size(), flows.size());
+  for (const FlowRecord& want : flows) {
+    auto it = kernel.find(want.key);
+    ASSERT_NE(it, kernel.end());
+    expectSame(want, it->second);
+  }
+  // The kernel marks NAT done for both manips when it set up either.
+  const FlowRecord& snat = kernel.at(flows[0].key);
+  EXPECT_EQ(snat.status & (st::kSrcNatDone | st::kDstNatDone), st::kSrcNatDone | st::kDstNatDone);
+  // conntrack(8) agrees on a sample.
+  const std::string listed = out("conntrack -L -p tcp --orig-src 10.0.0.1");
+  EXPECT_NE(listed.find("ESTABLISHED src=10.0.0.1 dst=198.51.100.1 sport=1024 dport=443 "
+                        "src=198.51.100.1 dst=203.0.113.1 sport=443 dport=20000 [ASSURED]"),
+            std::string::npos)
+      << listed;
+}
+
+TEST_F(KernelNetns, CommittingAgainUpdatesInPlace) {
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  std::vector<FlowRecord> flows = mixedFlows(2000, labels_);
+  ASSERT_EQ(sink->commit(flows).created, flows.size());
+
+  // Same again, with new marks, timeouts and states: every flow is updated, none re-created.
+  for (FlowRecord& r : flows) {
+    r.mark ^= 0x5a5a;
+    r.timeoutSec += 1000;
+    if (r.key.orig.l4 == proto::kTcp) {
+      r.tcpState = static_cast<uint8_t>(table::TcpState::kEstablished);
+      r.status |= st::kAssured;
+    }
+  }
+  const CommitResult res = sink->commit(flows);
+  EXPECT_EQ(res.created, 0u);
+  EXPECT_EQ(res.updated, flows.size());
+  EXPECT_EQ(res.failed, 0u);
+  EXPECT_TRUE(res.errors.empty()) << res.errors.front();
+  const Table kernel = dumpTable();
+  ASSERT_EQ(kernel.size(), flows.size());
+  for (const FlowRecord& want : flows) expectSame(want, kernel.at(want.key));
+
+  // A record without ASSURED cannot clear the kernel's bit (EBUSY): it is still updated, the
+  // kernel keeps ASSURED and takes the rest.
+  FlowRecord r = flows[1];  // UDP, ASSURED
+  r.status &= ~st::kAssured;
+  r.mark = 77;
+  const CommitResult again = sink->commit(std::span<const FlowRecord>(&r, 1));
+  EXPECT_EQ(again.updated, 1u);
+  EXPECT_EQ(again.failed, 0u);
+  const FlowRecord k = dumpTable().at(r.key);
+  EXPECT_EQ(k.mark, 77u);
+  EXPECT_TRUE(k.status & st::kAssured);
+}
+
+TEST_F(KernelNetns, RelatedFlowWithItsMasterInOneCommit) {
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  FlowRecord master = tcpFlow(0x0a460001, 40000, 0x0a460002, 21);
+  master.helper = 1;  // ftp
+  FlowRecord data = tcpFlow(0x0a460002, 20, 0x0a460001, 50000, table::TcpState::kSynRecv);
+  data.status = st::kSeenReply | st::kExpected;
+  data.master = master.key.orig;
+  // The related flow comes first in the input: the sink still creates the master before it.
+  std::vector<FlowRecord> both = {data, master};
+  CommitResult res = sink->commit(both);
+  EXPECT_EQ(res.created, 2u);
+  EXPECT_EQ(res.failed, 0u);
+  EXPECT_TRUE(res.errors.empty()) << res.errors.front();
+  Table kernel = dumpTable();
+  ASSERT_EQ(kernel.size(), 2u);
+  expectSame(master, kernel.at(master.key));
+  expectSame(data, kernel.at(data.key));
+  EXPECT_TRUE(kernel.at(data.key).status & st::kExpected);
+
+  // Again: both updated (the related one with EXPECTED in its status, no master attribute).
+  res = sink->commit(both);
+  EXPECT_EQ(res.updated, 2u);
+  EXPECT_EQ(res.failed, 0u);
+
+  // A related flow whose master the kernel lacks fails, with a readable line.
+  FlowRecord orphan = tcpFlow(0x0a460009, 20, 0x0a460001, 50001);
+  orphan.master = tcpFlow(0x0a460001, 40001, 0x0a460009, 21).key.orig;
+  res = sink->commit(std::span<const FlowRecord>(&orphan, 1));
+  EXPECT_EQ(res.failed, 1u);
+  ASSERT_EQ(res.errors.size(), 1u);
+  EXPECT_EQ(res.errors[0], "tcp 10.70.0.9:20 -> 10.70.0.1:50001: No such file or directory");
+  EXPECT_EQ(sink->counters().failed, 1u);
+
+  // A helper the kernel has not for this protocol (tftp is UDP): created without it.
+  FlowRecord odd = tcpFlow(0x0a460003, 40002, 0x0a460004, 69);
+  odd.helper = 2;
+  res = sink->commit(std::span<const FlowRecord>(&odd, 1));
+  EXPECT_EQ(res.created, 1u);
+  EXPECT_EQ(res.failed, 0u);
+  EXPECT_EQ(dumpTable().at(odd.key).helper, 0);
+}
+
+// Without a connlabel user in the namespace the kernel has nowhere to put labels: a create drops
+// them silently, an update refuses them (ENOSPC). Neither may cost the flow.
+TEST_F(KernelNetns, LabelsWithoutAConnlabelUser) {
+  if (labels_) {
+    ASSERT_TRUE(sh("nft delete table inet ctsync_test"));
+  }
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  FlowRecord r = tcpFlow(0x0a5a0001, 1, 0x0a5a0002, 2);
+  r.labels[3] = 0x10;
+  CommitResult res = sink->commit(std::span<const FlowRecord>(&r, 1));
+  EXPECT_EQ(res.created, 1u);
+  res = sink->commit(std::span<const FlowRecord>(&r, 1));
+  EXPECT_EQ(res.updated, 1u);
+  EXPECT_EQ(res.failed, 0u);
+  EXPECT_TRUE(res.errors.empty()) << res.errors.front();
+  const FlowRecord k = dumpTable().at(r.key);
+  EXPECT_EQ(k.labels, (std::array<uint8_t, 16>{}));
+  EXPECT_EQ(k.tcpState, r.tcpState);
+}
+
+TEST_F(KernelNetns, DeletesAndAbsentFlows) {
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  const std::vector<FlowRecord> flows = mixedFlows(600, false);
+  ASSERT_EQ(sink->commit(flows).created, flows.size());
+  std::vector<FlowKey> deletes;
+  for (size_t i = 0; i < flows.size(); i += 2) deletes.push_back(flows[i].key);
+  const size_t present = deletes.size();
+  for (int i = 0; i < 25; ++i) deletes.push_back(tcpFlow(0x0b000000u + i, 1, 0x0b000001, 2).key);
+  // An upsert in the same commit: deletes run first.
+  const FlowRecord extra = tcpFlow(0x0c000001, 5, 0x0c000002, 6);
+  const CommitResult res = sink->commit(std::span<const FlowRecord>(&extra, 1), deletes);
+  EXPECT_EQ(res.deleted, present);
+  EXPECT_EQ(res.absent, 25u);
+  EXPECT_EQ(res.created, 1u);
+  EXPECT_EQ(res.failed, 0u);
+  const Table kernel = dumpTable();
+  EXPECT_EQ(kernel.size(), flows.size() - present + 1);
+  for (size_t i = 0; i < flows.size(); ++i) EXPECT_EQ(kernel.count(flows[i].key), i % 2) << i;
+  EXPECT_EQ(kernel.count(extra.key), 1u);
+}
+
+TEST_F(KernelNetns, FlushKernelEmptiesEveryZone) {
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  const std::vector<FlowRecord> flows = mixedFlows(500, false);  // some in zone 3
+  ASSERT_EQ(sink->commit(flows).created, flows.size());
+  EXPECT_EQ(sink->flushKernel(), flows.size());
+  EXPECT_TRUE(dumpTable().empty());
+  EXPECT_EQ(sink->flushKernel(), 0u);
+}
+
+// ---- source ------------------------------------------------------------------------------
+
+TEST_F(KernelNetns, SourceSeesNewUpdateDestroyFromTheCli) {
+  boost::asio::io_context io;
+  Owner owner;
+  auto src = openSource(io, owner);
+  ASSERT_TRUE(src);
+  src->start();
+  EXPECT_EQ(owner.dumpBegins, 1);
+  EXPECT_EQ(owner.dumpEnds, 1);
+  EXPECT_TRUE(owner.flows.empty());
+
+  const FlowRecord want = tcpFlow(0x0a320001, 1000, 0x0a320002, 80);
+  ASSERT_TRUE(
+      sh("conntrack -I -p tcp -s 10.50.0.1 -d 10.50.0.2 --sport 1000 --dport 80 "
+         "--state ESTABLISHED -u SEEN_REPLY,ASSURED -t 100 -m 3"));
+  ASSERT_TRUE(pump(io, [&] { return owner.flows.count(want.key) == 1; }));
+  EXPECT_EQ(src->counters().newEvents, 1u);
+  FlowRecord got = owner.flows.at(want.key);
+  EXPECT_EQ(got.mark, 3u);
+  EXPECT_EQ(got.tcpState, static_cast<uint8_t>(table::TcpState::kEstablished));
+  EXPECT_EQ(got.reply, want.reply);
+  EXPECT_TRUE(got.status & st::kAssured);
+
+  // A mark change alone: the kernel's UPDATE event leaves the TCP state out; the source fetches
+  // the entry rather than report state 0.
+  ASSERT_TRUE(sh("conntrack -U -p tcp -s 10.50.0.1 --sport 1000 -m 9"));
+  ASSERT_TRUE(pump(io, [&] { return owner.flows.at(want.key).mark == 9; }));
+  EXPECT_EQ(src->counters().updateEvents, 1u);
+  got = owner.flows.at(want.key);
+  EXPECT_EQ(got.tcpState, static_cast<uint8_t>(table::TcpState::kEstablished));
+  EXPECT_LE(got.timeoutSec, 100u);
+  EXPECT_GE(got.timeoutSec, 95u);
+
+  ASSERT_TRUE(sh("conntrack -D -p tcp -s 10.50.0.1 --sport 1000"));
+  ASSERT_TRUE(pump(io, [&] { return owner.flows.empty(); }));
+  EXPECT_EQ(src->counters().destroyEvents, 1u);
+  EXPECT_EQ(owner.removes, 1);
+  EXPECT_EQ(src->counters().overruns, 0u);
+  EXPECT_EQ(src->counters().dumps, 1u);
+}
+
+TEST_F(KernelNetns, SourceSeesSinkCommitsAndSuppressesItsEchoes) {
+  boost::asio::io_context io;
+  Owner owner;
+  auto src = openSource(io, owner);
+  auto sink = openSink();
+  ASSERT_TRUE(src && sink);
+  src->start();
+  std::vector<FlowRecord> flows = mixedFlows(100, labels_);
+
+  // Announced: the NEW events of our own creates are dropped.
+  for (const FlowRecord& r : flows) src->expectEcho(r);
+  ASSERT_EQ(sink->commit(flows).created, flows.size());
+  ASSERT_TRUE(pump(io, [&] { return src->counters().newEvents == flows.size(); }));
+  settle(io, src->counters());
+  EXPECT_EQ(src->counters().echoesSuppressed, flows.size());
+  EXPECT_EQ(owner.upserts, 0);
+
+  // Announced updates too (the UPDATE events of EEXIST -> update).
+  for (FlowRecord& r : flows) {
+    r.mark += 1;
+    src->expectEcho(r);
+  }
+  ASSERT_EQ(sink->commit(flows).updated, flows.size());
+  ASSERT_TRUE(pump(io, [&] { return src->counters().updateEvents >= flows.size(); }));
+  settle(io, src->counters());
+  EXPECT_EQ(src->counters().echoesSuppressed, 2 * flows.size());
+  EXPECT_EQ(owner.upserts, 0);
+
+  // An announcement that does not match (another mark) lets the event through, and stays.
+  flows[0].mark = 1234;
+  FlowRecord announced = flows[0];
+  announced.mark = 999;
+  src->expectEcho(announced);
+  ASSERT_EQ(sink->commit(std::span<const FlowRecord>(flows.data(), 1)).updated, 1u);
+  ASSERT_TRUE(pump(io, [&] { return owner.upserts == 1; }));
+  EXPECT_EQ(owner.flows.at(flows[0].key).mark, 1234u);
+
+  // Not announced: every event is passed on, with what the kernel holds.
+  for (FlowRecord& r : flows) r.mark += 1;
+  ASSERT_EQ(sink->commit(flows).updated, flows.size());
+  ASSERT_TRUE(pump(io, [&] { return owner.upserts == 1 + static_cast<int>(flows.size()); }));
+  for (const FlowRecord& r : flows) expectSame(r, owner.flows.at(r.key));
+}
+
+TEST_F(KernelNetns, FilterAppliesToDumpsAndEvents) {
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  const FlowRecord established = tcpFlow(0x0a3c0001, 1, 0x0a3c00ff, 80);
+  FlowRecord synSent = tcpFlow(0x0a3c0002, 2, 0x0a3c00ff, 80, table::TcpState::kSynSent);
+  synSent.status = 0;
+  const FlowRecord ignored =
+      flow(tuple(L3::kIpv4, proto::kUdp, v4(0x0a420005), v4(0x0a3c00ff), 3, 53), st::kSeenReply,
+           60);  // 10.66.0.5: ignored prefix
+  const FlowRecord icmp =
+      flow(tuple(L3::kIpv4, proto::kIcmp, v4(0x0a3c0003), v4(0x0a3c00ff), 4, 8 << 8),
+           st::kSeenReply, 30);  // protocol not synced
+  conf::KernelSettings s;
+  s.protocols = {proto::kTcp, proto::kUdp};
+  s.ignoreAddresses = {"10.66.0.0/16"};
+  s.tcpStates = {static_cast<uint8_t>(table::TcpState::kEstablished)};
+  boost::asio::io_context io;
+  Owner owner;
+  auto src = openSource(io, owner, s);  // listening (not started) before the flows exist
+  ASSERT_TRUE(src);
+  std::vector<FlowRecord> before = {established, synSent, ignored, icmp};
+  ASSERT_EQ(sink->commit(before).created, 4u);
+  src->start();
+  ASSERT_EQ(owner.flows.size(), 1u);
+  EXPECT_EQ(owner.flows.count(established.key), 1u);
+  EXPECT_EQ(src->counters().filtered, 3u);
+  EXPECT_EQ(src->counters().dumpedFlows, 4u);
+
+  // The SYN_SENT flow becomes ESTABLISHED: now it passes, as an upsert.
+  FlowRecord nowUp = synSent;
+  nowUp.tcpState = static_cast<uint8_t>(table::TcpState::kEstablished);
+  nowUp.status = st::kSeenReply | st::kAssured;
+  ASSERT_EQ(sink->commit(std::span<const FlowRecord>(&nowUp, 1)).updated, 1u);
+  ASSERT_TRUE(pump(io, [&] { return owner.flows.count(synSent.key) == 1; }));
+
+  // Events of filtered flows are dropped, DESTROY included; a synced flow's DESTROY is not,
+  // whatever its last TCP state.
+  std::vector<FlowKey> gone = {ignored.key, icmp.key, established.key};
+  const FlowRecord udpIgnored2 =
+      flow(tuple(L3::kIpv4, proto::kUdp, v4(0x0a3c0009), v4(0x0a420001), 9, 53), 0, 60);
+  ASSERT_EQ(sink->commit(std::span<const FlowRecord>(&udpIgnored2, 1), gone).deleted, 3u);
+  ASSERT_TRUE(pump(io, [&] { return owner.flows.count(established.key) == 0; }));
+  settle(io, src->counters());
+  EXPECT_EQ(owner.removes, 1);
+  EXPECT_EQ(owner.flows.size(), 1u);
+  EXPECT_EQ(src->counters().destroyEvents, 3u);
+  EXPECT_EQ(src->counters().filtered, 3u + 1u + 2u);  // dump 3, NEW 1, DESTROY 2
+}
+
+// The kernel's default (nf_conntrack_events=2) gives an entry its event extension only if some
+// ctnetlink listener exists when it is created (anywhere on the host: the flag is global), and an
+// entry without it never reports anything, not even its DESTROY. Opening a source switches the
+// namespace to 1, so entries created while the source is stopped (and out of the event groups)
+// still report once it runs.
+TEST_F(KernelNetns, EntriesCreatedWhileStoppedStillReport) {
+  EXPECT_EQ(out("sysctl -n net.netfilter.nf_conntrack_events"), "2\n");
+  boost::asio::io_context io;
+  Owner owner;
+  auto src = openSource(io, owner);
+  ASSERT_TRUE(src);
+  EXPECT_EQ(out("sysctl -n net.netfilter.nf_conntrack_events"), "1\n");
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+
+  const FlowRecord before = tcpFlow(0x0a500001, 1, 0x0a500002, 2);  // never started yet
+  ASSERT_EQ(sink->commit(std::span<const FlowRecord>(&before, 1)).created, 1u);
+  src->start();
+  ASSERT_EQ(owner.flows.size(), 1u);
+  src->stop();
+  const FlowRecord during = tcpFlow(0x0a500003, 3, 0x0a500004, 4);  // stopped
+  ASSERT_EQ(sink->commit(std::span<const FlowRecord>(&during, 1)).created, 1u);
+  io.restart();
+  io.run_for(50ms);
+  EXPECT_EQ(src->counters().newEvents, 0u);  // not in the groups while stopped
+  src->start();
+  ASSERT_EQ(owner.flows.size(), 2u);
+
+  const std::vector<FlowKey> both = {before.key, during.key};
+  ASSERT_EQ(sink->commit({}, both).deleted, 2u);
+  ASSERT_TRUE(pump(io, [&] { return owner.removes == 2; }));
+  EXPECT_TRUE(owner.flows.empty());
+  EXPECT_EQ(src->counters().destroyEvents, 2u);
+}
+
+TEST_F(KernelNetns, OverrunResyncsToExactlyTheKernelsTable) {
+  conf::KernelSettings s;
+  s.netlinkRcvbufBytes = 4096;  // the kernel's minimum, a handful of events
+  boost::asio::io_context io;
+  Owner owner;
+  auto src = openSource(io, owner, s);
+  ASSERT_TRUE(src);
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  const std::vector<FlowRecord> first = mixedFlows(400, false);
+  ASSERT_EQ(sink->commit(first).created, first.size());
+  src->start();
+  ASSERT_EQ(owner.flows.size(), first.size());
+
+  // A burst while nobody reads: creates, deletes and updates, far more than the buffer holds.
+  std::vector<FlowRecord> burst;
+  for (int i = 0; i < 3000; ++i) {
+    burst.push_back(tcpFlow(0x0d000000u + static_cast<uint32_t>(i), 7, 0x0d100001, 22));
+  }
+  ASSERT_EQ(sink->commit(burst).created, burst.size());
+  std::vector<FlowKey> deletes;
+  for (size_t i = 0; i < first.size(); i += 3) deletes.push_back(first[i].key);
+  for (size_t i = 0; i < burst.size(); i += 5) deletes.push_back(burst[i].key);
+  std::vector<FlowRecord> changed(first.begin() + 1, first.begin() + 100);
+  for (FlowRecord& r : changed) r.mark = 4242;
+  sink->commit(changed, deletes);
+
+  settle(io, src->counters());
+  EXPECT_GE(src->counters().overruns, 1u);
+  EXPECT_GE(src->counters().dumps, 2u);
+  EXPECT_EQ(owner.dumpBegins, owner.dumpEnds);
+  const Table kernel = dumpTable();
+  EXPECT_EQ(owner.flows.size(), kernel.size());
+  size_t differ = 0;
+  for (const auto& [key, k] : kernel) {
+    auto it = owner.flows.find(key);
+    if (it == owner.flows.end() || it->second.mark != k.mark || it->second.reply != k.reply ||
+        it->second.status != k.status) {
+      ++differ;
+    }
+  }
+  EXPECT_EQ(differ, 0u);
+}
+
+TEST_F(KernelNetns, CallbacksMayStopResyncOrDestroyTheSource) {
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  const std::vector<FlowRecord> flows = mixedFlows(100, false);
+  ASSERT_EQ(sink->commit(flows).created, flows.size());
+  boost::asio::io_context io;
+
+  {  // stop() in the middle of a dump: nothing more, no dumpEnd; start() dumps again.
+    Owner owner;
+    auto src = openSource(io, owner);
+    ASSERT_TRUE(src);
+    owner.onUpsert = [&](const FlowRecord&) {
+      if (owner.upserts == 10) src->stop();
+    };
+    src->start();
+    EXPECT_EQ(owner.upserts, 10);
+    EXPECT_EQ(owner.dumpEnds, 0);
+    EXPECT_FALSE(src->running());
+    owner.onUpsert = nullptr;
+    src->start();
+    EXPECT_EQ(owner.dumpEnds, 1);
+    EXPECT_EQ(owner.flows.size(), flows.size());
+  }
+  {  // resync() from a dump callback: a second full dump once the first has ended.
+    Owner owner;
+    auto src = openSource(io, owner);
+    ASSERT_TRUE(src);
+    owner.onUpsert = [&](const FlowRecord&) {
+      if (owner.upserts == 5) src->resync();
+    };
+    src->start();
+    EXPECT_EQ(owner.dumpBegins, 2);
+    EXPECT_EQ(owner.dumpEnds, 2);
+    EXPECT_EQ(src->counters().dumps, 2u);
+  }
+  {  // Destroyed from a dump callback, then from an event callback.
+    Owner owner;
+    auto src = openSource(io, owner);
+    ASSERT_TRUE(src);
+    owner.onUpsert = [&](const FlowRecord&) { src.reset(); };
+    src->start();
+    EXPECT_EQ(src, nullptr);
+    EXPECT_EQ(owner.upserts, 1);
+
+    Owner owner2;
+    auto src2 = openSource(io, owner2);
+    ASSERT_TRUE(src2);
+    sink->flushKernel();  // recreated while a listener exists, so that they report events
+    ASSERT_EQ(sink->commit(flows).created, flows.size());
+    src2->start();
+    owner2.onRemove = [&](const FlowKey&) { src2.reset(); };
+    std::vector<FlowKey> keys;
+    for (const FlowRecord& r : flows) keys.push_back(r.key);
+    ASSERT_EQ(sink->commit({}, keys).deleted, flows.size());
+    ASSERT_TRUE(pump(io, [&] { return src2 == nullptr; }));
+    EXPECT_EQ(owner2.removes, 1);
+    settle(io, KernelSourceCounters{});  // the orphaned wait handler must do nothing
+  }
+  {  // stop() from an event callback: the rest is drained and ignored.
+    Owner owner;
+    auto src = openSource(io, owner);
+    ASSERT_TRUE(src);
+    ASSERT_EQ(sink->commit(flows).created, flows.size());
+    src->start();
+    owner.onRemove = [&](const FlowKey&) { src->stop(); };
+    std::vector<FlowKey> keys;
+    for (const FlowRecord& r : flows) keys.push_back(r.key);
+    ASSERT_EQ(sink->commit({}, keys).deleted, flows.size());
+    ASSERT_TRUE(pump(io, [&] { return owner.removes == 1; }));
+    settle(io, src->counters());
+    EXPECT_EQ(owner.removes, 1);
+    EXPECT_FALSE(src->running());
+  }
+}
+
+// ---- throughput --------------------------------------------------------------------------
+
+std::vector<FlowRecord> plainTcpFlows(int n, uint32_t base) {
+  std::vector<FlowRecord> out;
+  out.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    const auto u = static_cast<uint32_t>(i);
+    FlowRecord r =
+        tcpFlow(base + (u >> 6), static_cast<uint16_t>(10000 + (u & 63)), 0xc0000201, 443);
+    r.tcpFlags[0] = r.tcpFlags[1] = table::tcpflag::kWindowScale;
+    r.tcpScale[0] = r.tcpScale[1] = 7;
+    out.push_back(r);
+  }
+  return out;
+}
+
+TEST_F(KernelNetns, CommitRate) {
+  constexpr int kFlows = 100000;
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  const std::vector<FlowRecord> flows = plainTcpFlows(kFlows, 0x0a000000);
+  const CommitResult res = sink->commit(flows);
+  EXPECT_EQ(res.created, flows.size());
+  EXPECT_EQ(res.failed, 0u);
+  const double rate = static_cast<double>(kFlows) / res.seconds;
+  const CommitResult again = sink->commit(flows);
+  EXPECT_EQ(again.updated, flows.size());
+  const double updateRate = static_cast<double>(kFlows) / again.seconds;
+  EXPECT_EQ(sink->flushKernel(), flows.size());
+
+  // The conntrackd way for comparison: one message per send, each waiting for its answer.
+  conf::KernelSettings one;
+  one.commitBatch = 1;
+  auto single = openSink(one);
+  ASSERT_TRUE(single);
+  const std::vector<FlowRecord> some = plainTcpFlows(20000, 0x0b000000);
+  const CommitResult slow = single->commit(some);
+  EXPECT_EQ(slow.created, some.size());
+  const double singleRate = static_cast<double>(some.size()) / slow.seconds;
+
+  std::printf(
+      "[ commit rate ] %d creates in %.3f s: %.0f flows/s; updates (EEXIST then update) "
+      "%.0f flows/s; one message per send: %.0f flows/s (x%.1f)\n",
+      kFlows, res.seconds, rate, updateRate, singleRate, rate / singleRate);
+  RecordProperty("creates_per_second", static_cast<int>(rate));
+  RecordProperty("updates_per_second", static_cast<int>(updateRate));
+  RecordProperty("single_message_per_second", static_cast<int>(singleRate));
+}
+
+}  // namespace
+}  // namespace ctsync::syncd
