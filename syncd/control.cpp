@@ -9,9 +9,11 @@
 #include <array>
 #include <boost/asio/read.hpp>
 #include <boost/asio/read_until.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/streambuf.hpp>
 #include <boost/asio/write.hpp>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <sstream>
@@ -146,7 +148,8 @@ namespace {
 // One client connection.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(Stream::socket socket, Daemon& daemon) : socket_(std::move(socket)), daemon_(daemon) {}
+  Session(Stream::socket socket, Daemon& daemon)
+      : socket_(std::move(socket)), daemon_(daemon), deadline_(socket_.get_executor()) {}
   ~Session() {
     // The daemon may be gone already (the io_context destroys pending handlers last).
     if (subscription_ != 0 && serverAlive_ && *serverAlive_) daemon_.unsubscribe(subscription_);
@@ -159,6 +162,12 @@ class Session : public std::enable_shared_from_this<Session> {
       finish();
       return;
     }
+    // A client that connects and says nothing is cut off.
+    deadline_.expires_after(std::chrono::seconds(10));
+    deadline_.async_wait(
+        [weak = std::weak_ptr<Session>(shared_from_this())](const boost::system::error_code& ec) {
+          if (auto self = weak.lock(); self && !ec) self->stop();
+        });
     asio::async_read_until(socket_, buffer_, '\n',
                            [self = shared_from_this()](const boost::system::error_code& ec,
                                                        size_t) { self->onRequest(ec); });
@@ -175,6 +184,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void onRequest(const boost::system::error_code& ec) {
+    deadline_.cancel();
     if (ec || !*serverAlive_) return;
     std::istream in(&buffer_);
     std::string line;
@@ -291,6 +301,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   Stream::socket socket_;
   Daemon& daemon_;
+  asio::steady_timer deadline_;
   std::shared_ptr<bool> serverAlive_;
   asio::streambuf buffer_{kMaxRequest + 2};
   std::deque<std::string> out_;
@@ -316,7 +327,7 @@ bool socketInUse(const std::string& path) {
 }  // namespace
 
 ControlServer::ControlServer(asio::io_context& io, std::string path, Daemon& daemon)
-    : io_(io), path_(std::move(path)), daemon_(daemon), acceptor_(io) {}
+    : io_(io), path_(std::move(path)), daemon_(daemon), acceptor_(io), retry_(io) {}
 
 ControlServer::~ControlServer() {
   *alive_ = false;
@@ -349,7 +360,14 @@ void ControlServer::accept() {
   acceptor_.async_accept(
       [this, alive = alive_](const boost::system::error_code& ec, Stream::socket socket) {
         if (!*alive || closed_) return;
-        if (!ec) std::make_shared<Session>(std::move(socket), daemon_)->start(alive);
+        if (ec) {  // e.g. EMFILE: do not spin, try again shortly
+          retry_.expires_after(std::chrono::milliseconds(100));
+          retry_.async_wait([this, alive](const boost::system::error_code& e) {
+            if (!e && *alive && !closed_) accept();
+          });
+          return;
+        }
+        std::make_shared<Session>(std::move(socket), daemon_)->start(alive);
         accept();
       });
 }
@@ -359,6 +377,7 @@ void ControlServer::close() {
   closed_ = true;
   boost::system::error_code ignored;
   acceptor_.close(ignored);
+  retry_.cancel();
   ::unlink(path_.c_str());
 }
 

@@ -11,6 +11,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -44,6 +45,7 @@ class ControlServer {
   std::string path_;
   Daemon& daemon_;
   boost::asio::local::stream_protocol::acceptor acceptor_;
+  boost::asio::steady_timer retry_;  // after an accept error (out of descriptors): wait, then retry
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   bool closed_ = false;
 };

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <fstream>
 
 #include "replication/auth.hpp"
 #include "replication/codec.hpp"
@@ -99,6 +100,13 @@ std::string jsonString(const std::string& s) {
 
 }  // namespace
 
+std::string roleFile(const std::string& controlSocket) {
+  std::string path = controlSocket;
+  if (path.size() > 5 && path.compare(path.size() - 5, 5, ".sock") == 0)
+    path.resize(path.size() - 5);
+  return path + ".role";
+}
+
 const char* roleName(Role role) {
   switch (role) {
     case Role::kBackup:
@@ -171,10 +179,20 @@ std::variant<std::unique_ptr<Daemon>, std::string> Daemon::create(boost::asio::i
                config.kernel.commit == conf::KernelSettings::Commit::kContinuous ? "continuous"
                                                                                  : "on-promote",
                config.sync.links.size());
-  if (config.node.role == conf::NodeSettings::Role::kActive) {
-    d->role_ = Role::kActive;
-    d->startSource();
+  Role start =
+      config.node.role == conf::NodeSettings::Role::kActive ? Role::kActive : Role::kBackup;
+  const std::string stateFile = roleFile(config.control.socket);
+  if (std::ifstream in(stateFile); in) {
+    std::string saved;
+    in >> saved;
+    for (const Role r : {Role::kBackup, Role::kActive, Role::kFault}) {
+      if (saved == roleName(r)) start = r;
+    }
+    spdlog::info("role_resumed role={} file={} (set by ctsyncctl before this daemon restarted)",
+                 roleName(start), stateFile);
   }
+  d->role_ = start;
+  if (start == Role::kActive) d->startSource();
   d->armRefresh();
   d->node_->kick();
   return d;
@@ -210,7 +228,25 @@ void Daemon::startSource() {
 }
 
 void Daemon::stopSource() {
-  source_->stop();
+  source_->stop();  // a dump in progress is abandoned without dumpEnd
+  inDump_ = false;
+  dumpSeen_.clear();
+}
+
+void Daemon::setRole(Role role) {
+  role_ = role;
+  // Kept for a restart during this boot (see roleFile). Written whole, then renamed.
+  const std::string path = roleFile(config_.control.socket);
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << roleName(role) << '\n';
+    if (!out) {
+      spdlog::warn("role_file_unwritable file={}", tmp);
+      return;
+    }
+  }
+  std::rename(tmp.c_str(), path.c_str());
 }
 
 void Daemon::onKernelFlow(const FlowRecord& r) {
@@ -423,6 +459,11 @@ void Daemon::commitInBackground(std::vector<FlowRecord> flows, const char* why,
       committing_ = false;
       noteCommit(total, why);
       done(total);
+      if (queuedPromote_ && !committing_) {
+        ReplyFn queued = std::move(queuedPromote_);
+        queuedPromote_ = nullptr;
+        promote(std::move(queued));
+      }
     });
   });
 }
@@ -452,18 +493,32 @@ std::string Daemon::commitSummary(const CommitResult& r) const {
 // ---- operations ----------------------------------------------------------------------------
 
 void Daemon::promote(ReplyFn done) {
-  if (role_ == Role::kActive) {
-    done({true, "already active"});
+  if (closed_) {
+    done({false, "ctsyncd is stopping"});
     return;
   }
-  if (promoting_ || committing_) {
-    done({false, "a promotion or commit is running already; try again when it is done"});
+  queuedDemote_.reset();  // the last request wins
+  if (role_ == Role::kActive) {
+    done({true, promoting_ ? "already active (taking over the flows)" : "already active"});
+    return;
+  }
+  if (committing_) {  // a manual commit holds the sinks: promote right after it
+    if (queuedPromote_) queuedPromote_({false, "superseded by a later promote"});
+    queuedPromote_ = std::move(done);
     return;
   }
   promoting_ = true;
   const Role from = role_;
   if (config_.kernel.commit == conf::KernelSettings::Commit::kContinuous) {
-    finishPromotion(commitPending(), from, std::move(done));  // the rest is in the kernel
+    // The kernel holds the flows already: write the last changes and answer. Then, in the
+    // background, the whole replica once more — flows a continuous commit could not write
+    // (failed, flushed, a NAT conflict lifted) get in before they are adopted.
+    replyPromoted(commitPending(), from, std::move(done));
+    commitInBackground(replicaToCommit(), "promote-check", [this](const CommitResult& r) {
+      spdlog::info("promote_check created={} updated={} failed={} seconds={:.3f}", r.created,
+                   r.updated, r.failed, r.seconds);
+      completePromotion();
+    });
     return;
   }
   pending_.clear();
@@ -477,14 +532,16 @@ void Daemon::promote(ReplyFn done) {
                          r.seconds += late.seconds;
                          noteCommit(r, "promote");
                        }
-                       finishPromotion(std::move(r), from, std::move(done));
+                       replyPromoted(r, from, std::move(done));
+                       boost::asio::post(io_, [this, alive = alive_] {
+                         if (*alive && !closed_) completePromotion();
+                       });
                      });
 }
 
-void Daemon::finishPromotion(CommitResult r, Role from, ReplyFn done) {
-  role_ = Role::kActive;
-  promoting_ = false;
-  pending_.clear();
+// The kernel holds the flows: the caller may raise the addresses now.
+void Daemon::replyPromoted(const CommitResult& r, Role from, ReplyFn done) {
+  setRole(Role::kActive);
   ++promotions_;
   spdlog::info("promoted from={} created={} updated={} failed={} seconds={:.3f}", roleName(from),
                r.created, r.updated, r.failed, r.seconds);
@@ -493,37 +550,56 @@ void Daemon::finishPromotion(CommitResult r, Role from, ReplyFn done) {
                  r.errors.empty() ? "" : r.errors.front());
   }
   done({true, "promoted: " + commitSummary(r)});
-  // The kernel holds the flows: the caller may raise the addresses now. Then the flows become
-  // ours (a new version each, sent to the peers) and mirroring starts (subscribe, then dump,
-  // so no change of the kernel's falls in between).
-  boost::asio::post(io_, [this, alive = alive_] {
-    if (!*alive || closed_ || role_ != Role::kActive) return;
-    node_->engine().adoptAll(now());
-    node_->kick();
-    startSource();
-  });
+}
+
+// After the answer: what changed since is written too, then the flows become ours (a new
+// version each, sent to the peers) and mirroring starts (subscribe, then dump, so no change
+// of the kernel's falls in between; flows the kernel does not hold are deleted at that dump).
+void Daemon::completePromotion() {
+  if (!pending_.empty()) commitPending();
+  promoting_ = false;
+  if (role_ != Role::kActive) return;
+  node_->engine().adoptAll(now());
+  node_->kick();
+  startSource();
+  if (queuedDemote_) {
+    const bool fault = *queuedDemote_ == Role::kFault;
+    queuedDemote_.reset();
+    demote(fault);
+  }
 }
 
 Reply Daemon::demote(bool fault) {
   const Role to = fault ? Role::kFault : Role::kBackup;
+  if (queuedPromote_) {  // the last request wins
+    queuedPromote_({false, "superseded by a demote"});
+    queuedPromote_ = nullptr;
+  }
+  if (promoting_) {
+    queuedDemote_ = to;
+    spdlog::info("demote_queued to={} (after the running promotion)", roleName(to));
+    return {true, std::string("role: ") + roleName(to) + " (once the running promotion ends)"};
+  }
   if (role_ == to) return {true, std::string("already ") + roleName(to)};
-  if (promoting_) return {false, "a promotion is running; demote when it is done"};
   const Role from = role_;
   if (role_ == Role::kActive) {
     stopSource();
     ++demotions_;
   }
-  role_ = to;
+  setRole(to);
   spdlog::info("demoted from={} to={}", roleName(from), roleName(to));
   return {true, std::string("role: ") + roleName(to)};
 }
 
 void Daemon::commit(ReplyFn done) {
+  if (closed_) {
+    done({false, "ctsyncd is stopping"});
+    return;
+  }
   if (promoting_ || committing_) {
     done({false, "a promotion or commit is running already; try again when it is done"});
     return;
   }
-  pending_.clear();
   commitInBackground(replicaToCommit(), "commit", [this, done = std::move(done)](CommitResult r) {
     spdlog::info("committed created={} updated={} failed={} seconds={:.3f}", r.created, r.updated,
                  r.failed, r.seconds);

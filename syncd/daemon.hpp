@@ -45,10 +45,17 @@ struct Metric {
   double value = 0;
 };
 
+// Where the role set by ctsyncctl is kept for this boot: the control socket's path with
+// ".role" for ".sock" (or appended). In /run, so a reboot starts from the configured role, while
+// a daemon restarted by systemd or an upgrade resumes the role keepalived gave it — a node that
+// forwards traffic must not come back as backup and let its flows be deleted cluster-wide.
+std::string roleFile(const std::string& controlSocket);
+
 class Daemon {
  public:
-  // Opens the links, the netlink sockets and starts in the configured role. Errors name what
-  // failed (missing key, a link that cannot be opened, netlink not permitted, ...).
+  // Opens the links, the netlink sockets and starts in the role last set during this boot (the
+  // state file beside the control socket, roleFile()), else in the configured one. Errors name
+  // what failed (missing key, a link that cannot be opened, netlink not permitted, ...).
   static std::variant<std::unique_ptr<Daemon>, std::string> create(boost::asio::io_context& io,
                                                                    const conf::Config& config);
   ~Daemon();
@@ -111,7 +118,9 @@ class Daemon {
                           std::function<void(CommitResult)> done);
   void noteCommit(const CommitResult& r, const char* why);
   std::vector<FlowRecord> replicaToCommit() const;
-  void finishPromotion(CommitResult r, Role from, ReplyFn done);
+  void replyPromoted(const CommitResult& r, Role from, ReplyFn done);
+  void completePromotion();
+  void setRole(Role role);
   // A replica flow as it should be written into the kernel, if it should be (live, not ours,
   // not shadowed by a NAT conflict): its timeout aged by the time since it arrived.
   std::optional<FlowRecord> committable(const FlowKey& key) const;
@@ -128,8 +137,11 @@ class Daemon {
   std::unique_ptr<KernelSource> source_;
   std::vector<std::unique_ptr<KernelSink>> sinks_;  // one per commit thread; [0] for small ones
   bool committing_ = false;                         // a background commit owns the sinks
+  // From promote() until the flows are adopted and the kernel mirrored (after the reply).
   bool promoting_ = false;
-  KernelSinkCounters sinkTotals_;  // summed after each commit (the sinks' own are per thread)
+  ReplyFn queuedPromote_;             // asked for while a commit ran: runs after it
+  std::optional<Role> queuedDemote_;  // asked for while a promotion ran: applied after it
+  KernelSinkCounters sinkTotals_;     // summed after each commit (the sinks' own are per thread)
   std::unique_ptr<std::thread> worker_;
   boost::asio::steady_timer continuousTimer_;
   boost::asio::steady_timer refreshTimer_;

@@ -2,6 +2,7 @@
 
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <chrono>
 #include <cstdio>
 #include <set>
 
@@ -33,9 +34,18 @@ namespace {
 class HttpSession : public std::enable_shared_from_this<HttpSession> {
  public:
   HttpSession(tcp::socket socket, MetricsServer::Source source)
-      : socket_(std::move(socket)), source_(std::move(source)) {}
+      : socket_(std::move(socket)), deadline_(socket_.get_executor()), source_(std::move(source)) {}
 
   void start() {
+    // A scraper gets 10 s for its request and our answer; an idle connection is closed.
+    deadline_.expires_after(std::chrono::seconds(10));
+    deadline_.async_wait([weak = std::weak_ptr<HttpSession>(shared_from_this())](
+                             const boost::system::error_code& ec) {
+      if (auto self = weak.lock(); self && !ec) {
+        boost::system::error_code ignored;
+        self->socket_.close(ignored);
+      }
+    });
     http::async_read(socket_, buffer_, request_,
                      [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
                        if (!ec) self->respond();
@@ -62,10 +72,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                       [self = shared_from_this()](const boost::system::error_code&, size_t) {
                         boost::system::error_code ignored;
                         self->socket_.shutdown(tcp::socket::shutdown_both, ignored);
+                        self->deadline_.cancel();
                       });
   }
 
   tcp::socket socket_;
+  asio::steady_timer deadline_;
   MetricsServer::Source source_;
   boost::beast::flat_buffer buffer_{8192};
   http::request<http::string_body> request_;
@@ -75,7 +87,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 }  // namespace
 
 MetricsServer::MetricsServer(asio::io_context& io, Source source)
-    : acceptor_(io), source_(std::move(source)) {}
+    : acceptor_(io), retry_(io), source_(std::move(source)) {}
 
 MetricsServer::~MetricsServer() {
   *alive_ = false;
@@ -122,12 +134,20 @@ void MetricsServer::accept() {
   acceptor_.async_accept(
       [this, alive = alive_](const boost::system::error_code& ec, tcp::socket socket) {
         if (!*alive || !acceptor_.is_open()) return;
-        if (!ec) std::make_shared<HttpSession>(std::move(socket), source_)->start();
+        if (ec) {  // e.g. EMFILE: do not spin, try again shortly
+          retry_.expires_after(std::chrono::milliseconds(100));
+          retry_.async_wait([this, alive](const boost::system::error_code& e) {
+            if (!e && *alive && acceptor_.is_open()) accept();
+          });
+          return;
+        }
+        std::make_shared<HttpSession>(std::move(socket), source_)->start();
         accept();
       });
 }
 
 void MetricsServer::close() {
+  retry_.cancel();
   boost::system::error_code ignored;
   acceptor_.close(ignored);
 }

@@ -77,7 +77,7 @@ check "no command: exit 2 (usage)" rc_is 2
 add_ns node
 NSN=$TAG-node
 SOCK=/run/$TAG-node.sock
-EXTRA_CLEANUP+=("$SOCK")
+EXTRA_CLEANUP+=("$SOCK" "/run/$TAG-node.role")
 ip -n "$NSN" link add sync0 type veth peer name peer0
 ip -n "$NSN" addr add 10.9.9.1/24 dev sync0
 ip -n "$NSN" link set sync0 up
@@ -177,6 +177,26 @@ stop_pid ctsyncd 5
 check "SIGTERM: exit 0 within 5 s" [ "$STOP_RC" -eq 0 ]
 run timeout 10 "$CTSYNCCTL" --socket "$SOCK" status
 check "after the stop: ctsyncctl exits 3" rc_is 3
+
+# A daemon restarted during the same boot resumes the role ctsyncctl gave it, whatever the
+# config says: here it was demoted to backup and the config says active.
+ctl_demote_then_restart() {
+  start_bg ctsyncd "$NSN" "$CTSYNCD" --config "$WORK/node.toml"
+  wait_for 10 ctl status || return 1
+  ctl demote >/dev/null || return 1
+  stop_pid ctsyncd 5
+  start_bg ctsyncd "$NSN" "$CTSYNCD" --config "$WORK/node.toml"
+  wait_for 10 ctl status
+}
+check "restart: the daemon answers again" ctl_demote_then_restart
+check "restart: it resumed role backup (config: active)" eval 'ctl status | grep -q "^role: backup$"'
+check "... from the role file beside the socket" eval 'grep -qx backup "/run/$TAG-node.role"'
+rm -f "/run/$TAG-node.role"
+stop_pid ctsyncd 5
+start_bg ctsyncd "$NSN" "$CTSYNCD" --config "$WORK/node.toml"
+check "without the role file (a reboot) the configured role applies" \
+  eval 'wait_for 10 ctl status && ctl status | grep -q "^role: active$"'
+stop_pid ctsyncd 5
 
 if [ $failures -ne 0 ]; then
   fail "$failures check(s) failed"

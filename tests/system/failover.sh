@@ -98,7 +98,8 @@ declare -A OWN_ADDR=([fw1]=10.1.0.2 [fw2]=10.1.0.3)
 # (the primary address of the route's subnet) picks the VIP.
 declare -A OWN_OUT_ADDR=([fw1]=198.51.100.2 [fw2]=198.51.100.3)
 declare -A SOCK=([fw1]=/run/$TAG-fw1.sock [fw2]=/run/$TAG-fw2.sock)
-EXTRA_CLEANUP+=("${SOCK[fw1]}" "${SOCK[fw2]}")
+# ctsyncd keeps the role ctsyncctl gave it beside the socket (/run/NAME.role), for a restart.
+EXTRA_CLEANUP+=("${SOCK[fw1]}" "${SOCK[fw2]}" "/run/$TAG-fw1.role" "/run/$TAG-fw2.role")
 VIPS=("in0 10.1.0.1/24" "out0 192.0.2.1/24")
 IN_VIP=10.1.0.1
 OUT_VIP=192.0.2.1
@@ -490,9 +491,11 @@ sleep 1
 
 events=(--event "failover=$t_fail")
 if [ $FAILBACK -eq 1 ]; then
-  # fw1 comes back as a rebooted node would: no addresses, nothing in its conntrack table.
+  # fw1 comes back as a rebooted node would: no addresses, nothing in its conntrack table, an
+  # empty /run (so its ctsyncd starts in the configured role, not the one it died in).
   drop_vips fw1
   ip netns exec "${NS[fw1]}" conntrack -F 2>/dev/null || true
+  rm -f "/run/$TAG-fw1.role"
   link_state fw1 up
   start_ctsyncd fw1 backup
   t0=$(now)
