@@ -132,6 +132,9 @@ void Engine::writeLocalDelete(const FlowKey& key, Version version, Nanos now) {
 }
 
 void Engine::forget(const std::vector<FlowDelete>& removed, Nanos now) {
+  for (const FlowKey& k : replica_.takeShadowLifted()) {
+    if (onReplicaChange_) onReplicaChange_(k);
+  }
   for (const FlowDelete& d : removed) {
     if (onReplicaChange_) onReplicaChange_(d.key);
     swept_[d.key] = d.version;
@@ -347,6 +350,7 @@ void Engine::handleRecord(Peer& p, const Record& record, Nanos now, std::vector<
 void Engine::countApply(const FlowKey& key, const ApplyResult& r) {
   ++counters_.applied[static_cast<size_t>(r.outcome)];
   if (r.natLoser && onNatConflict_) onNatConflict_(*r.natLoser);
+  const std::vector<FlowKey> lifted = replica_.takeShadowLifted();
   if (!onReplicaChange_) return;
   switch (r.outcome) {
     case ApplyOutcome::kInserted:
@@ -360,6 +364,7 @@ void Engine::countApply(const FlowKey& key, const ApplyResult& r) {
       break;
   }
   if (r.natLoser) onReplicaChange_(*r.natLoser);
+  for (const FlowKey& k : lifted) onReplicaChange_(k);
 }
 
 void Engine::observe(const Version& v, Nanos now) {

@@ -488,6 +488,7 @@ std::optional<FlowKey> ReplicaTable::resolveNat(const table::Tuple& reply, uint1
       if (!loser) loser = f.record.key;
     } else if (!shadow && f.natShadowed) {
       --shadowed_;
+      shadowLifted_.push_back(f.record.key);
     }
     f.natShadowed = shadow;
   });

@@ -37,6 +37,7 @@
 #include <optional>
 #include <span>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "replication/flat_map.hpp"
@@ -184,6 +185,9 @@ class ReplicaTable {
   size_t size() const { return live_; }
   size_t tombstoneCount() const { return entries_.size() - live_; }
   size_t natShadowedCount() const { return shadowed_; }
+  // Flows whose NAT shadow was lifted (the conflict's winner left) since the last call: they
+  // became committable again. The engine reports them as replica changes.
+  std::vector<FlowKey> takeShadowLifted() { return std::exchange(shadowLifted_, {}); }
   const ReplicaStats& stats() const { return stats_; }
   // Bytes the table's structures hold (address space reserved but never written included).
   size_t memoryBytes() const;
@@ -251,6 +255,7 @@ class ReplicaTable {
   std::unordered_map<uint16_t, OpenBulk> bulks_;
   uint32_t nextBulkMark_ = 1;
   size_t live_ = 0;
+  std::vector<FlowKey> shadowLifted_;
   size_t shadowed_ = 0;
   ReplicaStats stats_;
 };

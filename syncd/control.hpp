@@ -34,7 +34,7 @@ class ControlServer {
   ControlServer(const ControlServer&) = delete;
   ControlServer& operator=(const ControlServer&) = delete;
 
-  // Stops accepting, closes every client and removes the socket file. Idempotent.
+  // Stops accepting and removes the socket file (clients being answered finish). Idempotent.
   void close();
 
  private:

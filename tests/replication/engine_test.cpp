@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 #include <random>
 
@@ -380,6 +381,33 @@ TEST(EngineTest, NatConflictsResolveToTheEarliestCreatorAndAreReported) {
   }
   ASSERT_EQ(losers.size(), 1u);
   EXPECT_EQ(losers[0], b.key);
+}
+
+// When the winner of a NAT conflict goes away, the loser becomes committable again: a node
+// that keeps its kernel in step must hear about it, although nothing was written to it.
+TEST(EngineTest, ALiftedNatShadowIsReportedAsAReplicaChange) {
+  Cluster c(3, 12);
+  std::vector<FlowKey> changed;
+  c.node(2).onReplicaChange([&](const FlowKey& k) { changed.push_back(k); });
+  c.runFor(10 * kMillisecond);
+  c.partition({0});
+  FlowRecord a = flow(1, 1);
+  c.node(0).upsert(a, c.now());
+  c.runFor(5 * kMillisecond);
+  FlowRecord b = flow(2, 2);
+  b.reply = a.reply;
+  c.node(1).upsert(b, c.now());
+  c.runFor(10 * kMillisecond);
+  c.heal();
+  ASSERT_TRUE(c.settle(5 * kSecond));
+  ASSERT_TRUE(c.node(2).replica().get(b.key)->natShadowed);
+  changed.clear();
+  c.node(0).remove(a.key, c.now());
+  ASSERT_TRUE(c.settle(5 * kSecond));
+  ASSERT_FALSE(c.node(2).replica().get(b.key)->natShadowed);
+  EXPECT_NE(std::find(changed.begin(), changed.end(), a.key), changed.end());
+  EXPECT_NE(std::find(changed.begin(), changed.end(), b.key), changed.end())
+      << "the flow freed from its NAT shadow was not reported";
 }
 
 // Hostile datagrams: every kind is dropped, counted under its reason, and changes nothing.
