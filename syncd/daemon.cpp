@@ -12,6 +12,7 @@
 #include "replication/auth.hpp"
 #include "replication/codec.hpp"
 #include "syncd/flow_format.hpp"
+#include "syncd/kernel_expire.hpp"
 #include "table/tcp.hpp"
 
 namespace ctsync::syncd {
@@ -204,6 +205,7 @@ void Daemon::shutdown() {
   continuousTimer_.cancel();
   refreshTimer_.cancel();
   if (worker_ && worker_->joinable()) worker_->join();  // a commit in flight finishes first
+  if (expirer_ && expirer_->joinable()) expirer_->join();
   if (source_) source_->stop();
   if (node_) node_->close();  // what is queued and a last Alive go out first
   subscribers_.clear();
@@ -585,10 +587,39 @@ Reply Daemon::demote(bool fault) {
   if (role_ == Role::kActive) {
     stopSource();
     ++demotions_;
+    // In on-promote mode nothing keeps this kernel in step any more: its entries for flows
+    // now forwarded elsewhere would live on for days (continuous mode deletes them as the
+    // new active node's changes arrive).
+    if (config_.kernel.commit == conf::KernelSettings::Commit::kOnPromote) {
+      expireMirroredEntries();
+    }
   }
   setRole(to);
   spdlog::info("demoted from={} to={}", roleName(from), roleName(to));
   return {true, std::string("role: ") + roleName(to)};
+}
+
+// conntrackd -t: the entries this node mirrored get a short timeout; a packet pushes a live
+// one out again, stale ones expire. On a worker thread (a dump of the whole table).
+void Daemon::expireMirroredEntries() {
+  static constexpr uint32_t kStaleSeconds = 30;
+  if (expirer_ && expirer_->joinable()) expirer_->join();
+  auto filter = KernelFilter::make(config_.kernel);
+  if (!std::holds_alternative<KernelFilter>(filter)) return;
+  expirer_ = std::make_unique<std::thread>(
+      [this, filter = std::get<KernelFilter>(std::move(filter)), alive = alive_] {
+        auto result = shortenKernelTimeouts(filter, kStaleSeconds);
+        boost::asio::post(io_, [result = std::move(result), alive] {
+          if (!*alive) return;
+          if (auto* r = std::get_if<ExpireResult>(&result)) {
+            spdlog::info("demoted_entries_expiring shortened={} skipped={} failed={} seconds={}",
+                         r->shortened, r->skipped, r->failed, kStaleSeconds);
+          } else {
+            spdlog::warn("demoted_entries_not_expired reason=\"{}\"",
+                         std::get<std::string>(result));
+          }
+        });
+      });
 }
 
 void Daemon::commit(ReplyFn done) {

@@ -143,6 +143,8 @@ class Daemon {
   std::optional<Role> queuedDemote_;  // asked for while a promotion ran: applied after it
   KernelSinkCounters sinkTotals_;     // summed after each commit (the sinks' own are per thread)
   std::unique_ptr<std::thread> worker_;
+  std::unique_ptr<std::thread> expirer_;  // shortens the kernel's timeouts after a demotion
+  void expireMirroredEntries();
   boost::asio::steady_timer continuousTimer_;
   boost::asio::steady_timer refreshTimer_;
   bool continuousArmed_ = false;

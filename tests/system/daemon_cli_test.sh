@@ -161,6 +161,13 @@ check "unknown option: exit 2 (usage)" rc_is 2
 run ctl demote --fault
 check "demote --fault: exit 0" rc_is 0
 check "... status says fault" eval 'ctl status | grep -q "^role: fault$"'
+# conntrackd -t: a demoted node's mirrored entries get a short timeout (on-promote mode).
+flow_timeout() {
+  ip netns exec "$NSN" conntrack -L -p tcp --sport 1001 2>/dev/null |
+    awk '/dport=2000/ { print $3; exit }'
+}
+short_timeout() { t=$(flow_timeout); [ -n "$t" ] && [ "$t" -le 30 ]; }
+check "demote: the mirrored flow's kernel timeout drops to 30 s or less" wait_for 5 short_timeout
 run ctl demote
 check "demote: exit 0, role backup" eval '[ "$RC" -eq 0 ] && ctl status | grep -q "^role: backup$"'
 run ctl commit
