@@ -158,6 +158,10 @@ std::variant<std::unique_ptr<Daemon>, std::string> Daemon::create(boost::asio::i
   cb.remove = [self](const FlowKey& k) { self->onKernelDestroy(k); };
   cb.dumpBegin = [self] { self->onDumpBegin(); };
   cb.dumpEnd = [self] { self->onDumpEnd(); };
+  // A flow the state filter keeps out is still in the kernel: not gone.
+  cb.present = [self](const FlowKey& k) {
+    if (self->inDump_) self->dumpSeen_.insert(k);
+  };
   auto source = KernelSource::open(io, config.kernel, std::move(std::get<KernelFilter>(filter)),
                                    std::move(cb));
   if (auto* err = std::get_if<std::string>(&source)) return "kernel source: " + *err;
@@ -225,7 +229,7 @@ uint32_t Daemon::remainingSeconds(const ReplicaFlow& f) const {
 
 void Daemon::startSource() {
   if (source_->running()) return;
-  source_->start();  // dumps: onDumpBegin, onKernelFlow..., onDumpEnd
+  source_->start();  // the dump runs in slices on the io_context: onDumpBegin ... onDumpEnd
   node_->kick();
 }
 
@@ -302,6 +306,7 @@ void Daemon::onDumpEnd() {
   for (const FlowKey& k : gone) node_->remove(k);
   if (!gone.empty()) spdlog::info("kernel_dump_reconciled removed={}", gone.size());
   dumpSeen_.clear();
+  node_->kick();
 }
 
 void Daemon::armRefresh() {

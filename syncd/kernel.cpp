@@ -6,6 +6,7 @@
 #include <libnetfilter_conntrack/libnetfilter_conntrack.h>
 #include <libnetfilter_conntrack/libnetfilter_conntrack_tcp.h>
 #include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
 #include <linux/netlink.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -14,6 +15,7 @@
 #include <algorithm>
 #include <array>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -158,6 +160,132 @@ void setKey(nf_conntrack* ct, const FlowKey& key) {
   if (key.zone != 0) nfct_set_attr_u16(ct, ATTR_ZONE, key.zone);
 }
 
+// Appends CTA_TUPLE_REPLY (r.reply) and CTA_ZONE to `nlh`: a delete of whatever entry holds
+// r.reply (ctnetlink looks an entry up by CTA_TUPLE_REPLY when no CTA_TUPLE_ORIG is given).
+// Built by hand: libnetfilter_conntrack does not send a reply tuple alone (and an ICMP tuple
+// always makes it add an original one too).
+void putReplyKey(nlmsghdr* nlh, const FlowRecord& r) {
+  const Tuple& t = r.reply;
+  nlattr* tuple = mnl_attr_nest_start(nlh, CTA_TUPLE_REPLY);
+  nlattr* ip = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
+  if (t.l3 == L3::kIpv4) {
+    uint32_t a;
+    std::memcpy(&a, t.src.bytes.data(), 4);
+    mnl_attr_put_u32(nlh, CTA_IP_V4_SRC, a);
+    std::memcpy(&a, t.dst.bytes.data(), 4);
+    mnl_attr_put_u32(nlh, CTA_IP_V4_DST, a);
+  } else {
+    mnl_attr_put(nlh, CTA_IP_V6_SRC, 16, t.src.bytes.data());
+    mnl_attr_put(nlh, CTA_IP_V6_DST, 16, t.dst.bytes.data());
+  }
+  mnl_attr_nest_end(nlh, ip);
+  nlattr* proto = mnl_attr_nest_start(nlh, CTA_TUPLE_PROTO);
+  mnl_attr_put_u8(nlh, CTA_PROTO_NUM, t.l4);
+  if (isIcmp(t.l4)) {
+    const bool v4 = t.l4 == table::proto::kIcmp;
+    mnl_attr_put_u16(nlh, v4 ? CTA_PROTO_ICMP_ID : CTA_PROTO_ICMPV6_ID, htons(t.sport));
+    mnl_attr_put_u8(nlh, v4 ? CTA_PROTO_ICMP_TYPE : CTA_PROTO_ICMPV6_TYPE, t.icmpType());
+    mnl_attr_put_u8(nlh, v4 ? CTA_PROTO_ICMP_CODE : CTA_PROTO_ICMPV6_CODE, t.icmpCode());
+  } else if (hasPorts(t.l4)) {
+    mnl_attr_put_u16(nlh, CTA_PROTO_SRC_PORT, htons(t.sport));
+    mnl_attr_put_u16(nlh, CTA_PROTO_DST_PORT, htons(t.dport));
+  }
+  mnl_attr_nest_end(nlh, proto);
+  if (r.key.zone != 0) mnl_attr_put_u16(nlh, CTA_TUPLE_ZONE, htons(r.key.zone));
+  mnl_attr_nest_end(nlh, tuple);
+  if (r.key.zone != 0) mnl_attr_put_u16(nlh, CTA_ZONE, htons(r.key.zone));
+}
+
+// Which NAT a create sets up for r (see toKernel). ICMP NAT keeps one id for both directions
+// (the tuple's src.u.icmp.id) and may remap it: a NAT range with min = max = the reply's id
+// (NF_NAT_RANGE_PROTO_SPECIFIED) makes the kernel pick exactly it; an id change alone is an SNAT
+// to the same address.
+struct NatSides {
+  bool snat = false;
+  bool dnat = false;
+  bool icmpId = false;  // pin the reply's ICMP id on the SNAT side (or DNAT if only that)
+};
+
+NatSides natSides(const FlowRecord& r) {
+  const Tuple& o = r.key.orig;
+  const Tuple& rp = r.reply;
+  const bool ports = natHasPorts(o.l4);
+  NatSides n;
+  n.icmpId = isIcmp(o.l4) && rp.sport != o.sport;
+  n.snat = (r.status & table::status::kSrcNat) != 0 || !(rp.dst == o.src) ||
+           (ports && rp.dport != o.sport);
+  n.dnat = (r.status & table::status::kDstNat) != 0 || !(rp.src == o.dst) ||
+           (ports && rp.sport != o.dport);
+  if (n.icmpId && !n.dnat) n.snat = true;
+  return n;
+}
+
+// For a create of an ICMP flow whose reply id differs from the original's: takes the NAT side
+// that carries the id out of `ct` (before nfct_nlmsg_build) and returns a function that appends
+// it, with the id range, to the built message. Nothing to do otherwise (empty function).
+std::function<void(nlmsghdr*)> takeIcmpNat(const FlowRecord& r, nf_conntrack* ct) {
+  const NatSides n = natSides(r);
+  if (!n.icmpId) return {};
+  const Tuple& o = r.key.orig;
+  const bool src = n.snat;
+  const Addr addr = src ? r.reply.dst : r.reply.src;
+  const uint16_t id = htons(r.reply.sport);
+  const L3 l3 = o.l3;
+  if (src) {
+    nfct_attr_unset(ct, l3 == L3::kIpv4 ? ATTR_SNAT_IPV4 : ATTR_SNAT_IPV6);
+  } else {
+    nfct_attr_unset(ct, l3 == L3::kIpv4 ? ATTR_DNAT_IPV4 : ATTR_DNAT_IPV6);
+  }
+  return [=](nlmsghdr* nlh) {
+    nlattr* nest = mnl_attr_nest_start(nlh, src ? CTA_NAT_SRC : CTA_NAT_DST);
+    if (l3 == L3::kIpv4) {
+      uint32_t a;
+      std::memcpy(&a, addr.bytes.data(), 4);
+      mnl_attr_put_u32(nlh, CTA_NAT_V4_MINIP, a);
+      mnl_attr_put_u32(nlh, CTA_NAT_V4_MAXIP, a);
+    } else {
+      mnl_attr_put(nlh, CTA_NAT_V6_MINIP, 16, addr.bytes.data());
+      mnl_attr_put(nlh, CTA_NAT_V6_MAXIP, 16, addr.bytes.data());
+    }
+    nlattr* proto = mnl_attr_nest_start(nlh, CTA_NAT_PROTO);
+    mnl_attr_put_u16(nlh, CTA_PROTONAT_PORT_MIN, id);
+    mnl_attr_put_u16(nlh, CTA_PROTONAT_PORT_MAX, id);
+    mnl_attr_nest_end(nlh, proto);
+    mnl_attr_nest_end(nlh, nest);
+  };
+}
+
+// The reply tuple's ICMP id in a ctnetlink entry message (network order), if it has one.
+// The first attribute of type `type` in [first, first + len), or null.
+const nlattr* findAttr(const void* first, int len, uint16_t type) {
+  for (auto* a = static_cast<const nlattr*>(first); mnl_attr_ok(a, len); a = mnl_attr_next(a)) {
+    // mnl_attr_next does not shrink len: do it here.
+    if (mnl_attr_get_type(a) == type) return a;
+    len -= static_cast<int>(MNL_ALIGN(a->nla_len));
+  }
+  return nullptr;
+}
+
+const nlattr* findNested(const nlattr* nest, uint16_t type) {
+  return findAttr(mnl_attr_get_payload(nest), static_cast<int>(mnl_attr_get_payload_len(nest)),
+                  type);
+}
+
+std::optional<uint16_t> replyIcmpId(const nlmsghdr* m) {
+  if (m->nlmsg_len < MNL_NLMSG_HDRLEN + MNL_ALIGN(sizeof(nfgenmsg))) return std::nullopt;
+  const auto* first = static_cast<const char*>(mnl_nlmsg_get_payload_offset(m, sizeof(nfgenmsg)));
+  const int len = static_cast<int>(reinterpret_cast<const char*>(m) + m->nlmsg_len - first);
+  const nlattr* reply = findAttr(first, len, CTA_TUPLE_REPLY);
+  if (reply == nullptr) return std::nullopt;
+  const nlattr* protoAttr = findNested(reply, CTA_TUPLE_PROTO);
+  if (protoAttr == nullptr) return std::nullopt;
+  for (uint16_t type : {uint16_t{CTA_PROTO_ICMP_ID}, uint16_t{CTA_PROTO_ICMPV6_ID}}) {
+    const nlattr* a = findNested(protoAttr, type);
+    if (a != nullptr && mnl_attr_get_payload_len(a) >= sizeof(uint16_t)) return mnl_attr_get_u16(a);
+  }
+  return std::nullopt;
+}
+
 bool inPrefix(const Addr& a, const Addr& prefix, uint8_t bits) {
   const size_t whole = bits / 8;
   if (std::memcmp(a.bytes.data(), prefix.bytes.data(), whole) != 0) return false;
@@ -224,6 +352,7 @@ std::variant<MnlPtr, std::string> openNetlink(unsigned groups, const char* what)
 // The answer of one request (GET): a parsed entry, ENOENT, or another error.
 struct GetAnswer {
   NfctPtr ct;
+  std::optional<FlowRecord> record;  // of ct, with what only the message says (ICMP reply id)
   int error = 0;
 };
 
@@ -266,6 +395,7 @@ class Requester {
         } else if ((m->nlmsg_type >> 8) == NFNL_SUBSYS_CTNETLINK) {
           out.ct.reset(nfct_new());
           nfct_nlmsg_parse(m, out.ct.get());
+          out.record = fromKernel(out.ct.get(), m);
         }
       }
     }
@@ -332,6 +462,22 @@ NfctPtr parseEntry(const nlmsghdr* m) {
 
 }  // namespace
 
+std::optional<FlowRecord> fromKernel(const nf_conntrack* ct, const nlmsghdr* msg) {
+  std::optional<FlowRecord> r = fromKernel(ct);
+  if (r && isIcmp(r->key.orig.l4) && msg != nullptr) {
+    if (const std::optional<uint16_t> id = replyIcmpId(msg)) r->reply.sport = ntohs(*id);
+  }
+  return r;
+}
+
+namespace {
+// A parsed record of an entry message, or empty (unparsable).
+std::optional<FlowRecord> parseRecord(const nlmsghdr* m) {
+  NfctPtr ct = parseEntry(m);
+  return ct ? fromKernel(ct.get(), m) : std::nullopt;
+}
+}  // namespace
+
 // ---- conversion --------------------------------------------------------------------------
 
 std::optional<FlowRecord> fromKernel(const nf_conntrack* ct) {
@@ -378,7 +524,8 @@ std::optional<FlowRecord> fromKernel(const nf_conntrack* ct) {
   Tuple& rp = r.reply;
   if (isIcmp(o.l4)) {
     // The library keeps the reply's ICMP id and type but has no getter for them: derive them
-    // (the kernel inverts the type and keeps the id unless NAT had to change it).
+    // (the kernel inverts the type and keeps the id unless NAT changed it: the overload with
+    // the message reads the real id).
     rp = table::invertTuple(o).value_or(o);
   } else {
     rp.l3 = l3;
@@ -484,18 +631,17 @@ void toKernel(const FlowRecord& r, uint32_t timeoutSec, nf_conntrack* ct, bool f
 
   const Tuple& rp = r.reply;
   const bool ports = natHasPorts(o.l4);
-  const bool snat = (r.status & table::status::kSrcNat) != 0 || !(rp.dst == o.src) ||
-                    (ports && rp.dport != o.sport);
-  const bool dnat = (r.status & table::status::kDstNat) != 0 || !(rp.src == o.dst) ||
-                    (ports && rp.sport != o.dport);
-  if (snat) {
+  const NatSides nat = natSides(r);
+  if (nat.snat) {
     setAddrAttr(ct, o.l3, ATTR_SNAT_IPV4, ATTR_SNAT_IPV6, rp.dst);
     if (ports) nfct_set_attr_u16(ct, ATTR_SNAT_PORT, htons(rp.dport));
   }
-  if (dnat) {
+  if (nat.dnat) {
     setAddrAttr(ct, o.l3, ATTR_DNAT_IPV4, ATTR_DNAT_IPV6, rp.src);
     if (ports) nfct_set_attr_u16(ct, ATTR_DNAT_PORT, htons(rp.sport));
   }
+  // ICMP id pin: libnetfilter_conntrack builds CTA_NAT_PROTO for TCP and UDP only, so
+  // appendIcmpNat() adds that NAT attribute to the message (the sink calls it).
 
   if (r.helper == 1) nfct_set_attr(ct, ATTR_HELPER_NAME, "ftp");
   if (r.helper == 2) nfct_set_attr(ct, ATTR_HELPER_NAME, "tftp");
@@ -576,20 +722,24 @@ bool KernelFilter::acceptsIdentity(const FlowRecord& r) const {
 // ---- source ------------------------------------------------------------------------------
 
 struct KernelSource::Impl {
-  Impl(asio::io_context& io, KernelFilter f, Callbacks c, MnlPtr ev, MnlPtr dump, int waitFd)
-      : filter(std::move(f)),
+  Impl(asio::io_context& context, KernelFilter f, Callbacks c, MnlPtr ev, MnlPtr dumps, int waitFd,
+       int dumpWaitFd)
+      : io(context),
+        filter(std::move(f)),
         cb(std::move(c)),
         events(std::move(ev)),
-        dumpSock(std::move(dump)),
+        dumpSock(std::move(dumps)),
         requester(dumpSock.get()),
-        waiter(io, waitFd),
+        waiter(context, waitFd),
+        dumpWaiter(context, dumpWaitFd),
         recvBufs(kBatchDatagrams, std::vector<char>(kDatagramBytes)) {}
 
   ~Impl() {
-    alive.reset();  // a pending wait handler sees this and does nothing
+    alive.reset();  // a pending wait or posted handler sees this and does nothing
     if (destroyedFlag != nullptr) *destroyedFlag = true;
     boost::system::error_code ec;
-    waiter.close(ec);  // the dup'ed descriptor; the mnl sockets close their own
+    waiter.close(ec);  // the dup'ed descriptors; the mnl sockets close their own
+    dumpWaiter.close(ec);
   }
 
   // Callbacks run inside a Delivery. A callback may stop, resync or even destroy the source:
@@ -626,12 +776,16 @@ struct KernelSource::Impl {
   static constexpr size_t kDatagramBytes = 16 * 1024;
   static constexpr size_t kDatagramsPerWakeup = 8192;
 
-  // Returns false if a callback destroyed the source.
+  static constexpr size_t kDumpMessagesPerSlice = 2000;
+  static constexpr auto kDumpSliceTime = std::chrono::milliseconds(5);
+
+  // Starts the dump asked for, if one is and none runs. Returns false if a callback destroyed
+  // the source.
   [[nodiscard]] bool runPendingDumps() {
-    while (dumpPending && running && depth == 0) {
+    while (dumpPending && running && depth == 0 && !dump.active) {
       dumpPending = false;
       drainEvents();
-      if (!dumpOnce()) return false;
+      if (!beginDump()) return false;
     }
     return true;
   }
@@ -660,50 +814,139 @@ struct KernelSource::Impl {
     }
   }
 
-  // One full dump through the callbacks. Returns false if a callback destroyed the source.
-  [[nodiscard]] bool dumpOnce() {
-    Delivery d(this);
+  // Sends a dump request and calls dumpBegin; the entries follow from onDumpReadable(). Returns
+  // false if a callback destroyed the source.
+  [[nodiscard]] bool beginDump() {
     ++counters.dumps;
-    if (cb.dumpBegin) cb.dumpBegin();
-    if (d.destroyed) return false;
-    bool abandoned = !running;
-    const int err = runDump(dumpSock.get(), requester, [&](const nlmsghdr* m) {
-      ++counters.dumpedFlows;
-      NfctPtr ct = parseEntry(m);
-      std::optional<FlowRecord> r = ct ? fromKernel(ct.get()) : std::nullopt;
-      if (!r) {
-        ++counters.unparsable;
-      } else if (!filter.accepts(*r)) {
-        ++counters.filtered;
-      } else {
-        if (cb.upsert) cb.upsert(*r);
-        if (d.destroyed) return DumpStep::kAbort;  // touch nothing any more
-      }
-      if (!running) abandoned = true;
-      return abandoned ? DumpStep::kSkipRest : DumpStep::kNext;
-    });
-    if (d.destroyed) return false;
-    if (err != 0) {
-      // A dump that failed half way cannot say what is gone: no dumpEnd; try again (a few
-      // times, so that a kernel that keeps refusing cannot hang the thread).
-      ++failedDumps;
-      if (failedDumps < 3) dumpPending = true;
-      return true;
+    std::array<char, 64> msg{};
+    const uint32_t seq = requester.nextSeq();
+    nlmsghdr* nlh = putHeader(msg.data(), IPCTNL_MSG_CT_GET, NLM_F_DUMP, seq, AF_UNSPEC);
+    if (mnl_socket_sendto(dumpSock.get(), nlh, nlh->nlmsg_len) < 0) {
+      dumpFailed();
+      return true;  // the caller's loop tries again (a bounded number of times)
     }
-    failedDumps = 0;
-    if (!abandoned && cb.dumpEnd) cb.dumpEnd();
-    return !d.destroyed;
+    dump = DumpState{true, false, seq};
+    {
+      Delivery d(this);
+      if (cb.dumpBegin) cb.dumpBegin();
+      if (d.destroyed) return false;
+    }
+    if (!running) dump.abandoned = true;
+    armDumpWait();
+    return true;
   }
 
+  // A dump that failed half way cannot say what is gone: no dumpEnd; try again (a few times, so
+  // that a kernel that keeps refusing cannot keep the source busy).
+  void dumpFailed() {
+    ++failedDumps;
+    if (failedDumps < 3) dumpPending = true;
+  }
+
+  void armDumpWait() {
+    if (dumpWaiting) return;
+    dumpWaiting = true;
+    dumpWaiter.async_wait(
+        asio::posix::stream_descriptor::wait_read,
+        [this, token = std::weak_ptr<int>(alive)](const boost::system::error_code& ec) {
+          if (token.expired()) return;
+          dumpWaiting = false;
+          if (ec) return;
+          (void)onDumpReadable();
+        });
+  }
+
+  // One slice of the dump under way: what the dump socket holds, up to kDumpMessagesPerSlice
+  // messages or kDumpSliceTime; then a posted handler (more to read) or a wait takes over. At the
+  // end: dumpEnd (unless abandoned or failed), then a dump asked for meanwhile, then events.
+  // Returns false if a callback destroyed the source.
+  [[nodiscard]] bool onDumpReadable() {
+    if (!dump.active) return true;
+    const int fd = mnl_socket_get_fd(dumpSock.get());
+    std::vector<char>& buf = requester.buffer();
+    const auto deadline = Clock::now() + kDumpSliceTime;
+    size_t messages = 0;
+    int err = 0;
+    bool finished = false;
+    {
+      Delivery d(this);
+      while (!finished) {
+        if (messages >= kDumpMessagesPerSlice || Clock::now() >= deadline) {
+          asio::post(io, [this, token = std::weak_ptr<int>(alive)] {
+            if (!token.expired()) (void)onDumpReadable();
+          });
+          return true;
+        }
+        const ssize_t n = ::recv(fd, buf.data(), buf.size(), MSG_DONTWAIT);
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            armDumpWait();
+            return true;
+          }
+          err = errno;
+          finished = true;
+          break;
+        }
+        int len = static_cast<int>(n);
+        for (auto* m = reinterpret_cast<const nlmsghdr*>(buf.data()); mnl_nlmsg_ok(m, len);
+             m = mnl_nlmsg_next(m, &len)) {
+          if (m->nlmsg_seq != dump.seq) continue;
+          if (m->nlmsg_type == NLMSG_DONE) {
+            finished = true;
+            break;
+          }
+          if (m->nlmsg_type == NLMSG_ERROR) {
+            const auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
+            err = -e->error;
+            finished = true;
+            break;
+          }
+          ++messages;
+          if (!running) dump.abandoned = true;
+          if (dump.abandoned) continue;
+          deliverDumped(m);
+          if (d.destroyed) return false;  // touch nothing any more
+        }
+      }
+      dump.active = false;
+      if (err != 0) {
+        dumpFailed();
+      } else {
+        failedDumps = 0;
+        if (!running) dump.abandoned = true;
+        if (!dump.abandoned && cb.dumpEnd) cb.dumpEnd();
+        if (d.destroyed) return false;
+      }
+    }
+    if (!runPendingDumps()) return false;
+    armWait();  // events held meanwhile (nothing if another dump began)
+    return true;
+  }
+
+  void deliverDumped(const nlmsghdr* m) {
+    ++counters.dumpedFlows;
+    std::optional<FlowRecord> r = parseRecord(m);
+    if (!r) {
+      ++counters.unparsable;
+    } else if (!filter.accepts(*r)) {
+      ++counters.filtered;
+      if (cb.present && filter.acceptsIdentity(*r)) cb.present(r->key);
+    } else if (cb.upsert) {
+      cb.upsert(*r);
+    }
+  }
+
+  // Events are read only while no dump runs: the dump's end re-arms this.
   void armWait() {
-    if (waiting) return;
+    if (waiting || dump.active) return;
     waiting = true;
     waiter.async_wait(
         asio::posix::stream_descriptor::wait_read,
         [this, token = std::weak_ptr<int>(alive)](const boost::system::error_code& ec) {
           if (token.expired()) return;
           waiting = false;
-          if (ec) return;
+          if (ec || dump.active) return;
           if (!onReadable()) return;
           armWait();
         });
@@ -783,7 +1026,7 @@ struct KernelSource::Impl {
       ++counters.updateEvents;
     }
     NfctPtr ct = parseEntry(m);
-    std::optional<FlowRecord> r = ct ? fromKernel(ct.get()) : std::nullopt;
+    std::optional<FlowRecord> r = ct ? fromKernel(ct.get(), m) : std::nullopt;
     if (!r) {
       ++counters.unparsable;
       return;
@@ -804,7 +1047,7 @@ struct KernelSource::Impl {
     if (incomplete(ct.get(), *r, isNew)) {
       GetAnswer a = requester.get(r->key);
       if (!a.ct) return;  // gone already: its DESTROY follows
-      std::optional<FlowRecord> full = fromKernel(a.ct.get());
+      std::optional<FlowRecord> full = std::move(a.record);
       if (!full) return;
       r = std::move(full);
     }
@@ -849,12 +1092,22 @@ struct KernelSource::Impl {
     return false;
   }
 
+  struct DumpState {
+    bool active = false;     // dumpBegin called, the request's DONE not read yet
+    bool abandoned = false;  // stopped meanwhile: deliver nothing more, no dumpEnd
+    uint32_t seq = 0;
+  };
+
+  asio::io_context& io;
   KernelFilter filter;
   Callbacks cb;
   MnlPtr events;
   MnlPtr dumpSock;
   Requester requester;
-  asio::posix::stream_descriptor waiter;  // a dup of the event socket, for readiness only
+  asio::posix::stream_descriptor waiter;      // a dup of the event socket, for readiness only
+  asio::posix::stream_descriptor dumpWaiter;  // a dup of the dump socket, the same
+  DumpState dump;
+  bool dumpWaiting = false;
   std::vector<std::vector<char>> recvBufs;
   std::shared_ptr<int> alive = std::make_shared<int>(0);
   bool* destroyedFlag = nullptr;
@@ -916,8 +1169,15 @@ std::variant<std::unique_ptr<KernelSource>, std::string> KernelSource::open(
   setBuffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, settings.netlinkRcvbufBytes);
   const int waitFd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (waitFd < 0) return "kernel source: dup: " + errnoText(errno);
+  MnlPtr& dumpSock = std::get<MnlPtr>(dump);
+  const int dumpWaitFd = ::fcntl(mnl_socket_get_fd(dumpSock.get()), F_DUPFD_CLOEXEC, 0);
+  if (dumpWaitFd < 0) {
+    const int e = errno;
+    ::close(waitFd);
+    return "kernel source: dup: " + errnoText(e);
+  }
   auto impl = std::make_unique<Impl>(io, std::move(filter), std::move(callbacks), std::move(evSock),
-                                     std::move(std::get<MnlPtr>(dump)), waitFd);
+                                     std::move(dumpSock), waitFd, dumpWaitFd);
   // Without nf_conntrack_events=1 the subscription must stay alive (and drained) while stopped.
   impl->alwaysSubscribed = std::get<int>(events) != 1;
   if (impl->alwaysSubscribed && !impl->subscribe(true)) {
@@ -940,11 +1200,16 @@ void KernelSource::start() {
 void KernelSource::stop() {
   impl_->running = false;
   impl_->dumpPending = false;
+  if (impl_->dump.active) impl_->dump.abandoned = true;
   if (!impl_->alwaysSubscribed) impl_->subscribe(false);
 }
 
 bool KernelSource::running() const {
   return impl_->running;
+}
+
+bool KernelSource::dumping() const {
+  return impl_->dump.active;
 }
 
 void KernelSource::resync() {
@@ -967,14 +1232,20 @@ const KernelSourceCounters& KernelSource::counters() const {
 // ---- sink --------------------------------------------------------------------------------
 
 struct KernelSink::Impl {
-  enum class Kind : uint8_t { kCreate, kUpdate, kDelete };
+  // kGet, kDeleteOrig and kDeleteReply index upserts: the check after a create's EEXIST and the
+  // removal of a stale entry in the way (by the record's original or reply tuple).
+  enum class Kind : uint8_t { kCreate, kUpdate, kDelete, kGet, kDeleteOrig, kDeleteReply };
   struct Op {
     Kind kind;
     uint32_t index;         // into upserts or deletes
     bool noHelper = false;  // retry of a create the kernel refused for its helper
     bool noStatus = false;  // retry of an update whose status bits the kernel refused
     bool noLabels = false;  // retry of an update the kernel had no room for labels for
+    uint8_t replaced = 0;   // stale entries removed for this flow so far
   };
+  static constexpr uint8_t kMaxReplacements = 2;
+  // GET answers are entries (~1 KiB each in the receive buffer), not just errors.
+  static constexpr size_t kMaxGetsPerSend = 1024;
 
   static constexpr size_t kAnswerSlots = 64;
   static constexpr size_t kAnswerSlotBytes = 4096;  // an error carries the request's header only
@@ -1016,14 +1287,34 @@ struct KernelSink::Impl {
       return;
     }
     const FlowRecord& r = upserts[op.index];
+    const auto fam = static_cast<uint8_t>(family(r.key.orig.l3));
+    switch (op.kind) {
+      case Kind::kGet:
+      case Kind::kDeleteOrig: {
+        nlmsghdr* nlh = putHeader(
+            buf, op.kind == Kind::kGet ? IPCTNL_MSG_CT_GET : IPCTNL_MSG_CT_DELETE, 0, seq, fam);
+        setKey(ct.get(), r.key);
+        nfct_nlmsg_build(nlh, ct.get());
+        return;
+      }
+      case Kind::kDeleteReply: {
+        putReplyKey(putHeader(buf, IPCTNL_MSG_CT_DELETE, 0, seq, fam), r);
+        return;
+      }
+      default:
+        break;
+    }
     const bool create = op.kind == Kind::kCreate;
-    nlmsghdr* nlh = putHeader(buf, IPCTNL_MSG_CT_NEW, create ? NLM_F_CREATE | NLM_F_EXCL : 0, seq,
-                              static_cast<uint8_t>(family(r.key.orig.l3)));
+    nlmsghdr* nlh =
+        putHeader(buf, IPCTNL_MSG_CT_NEW, create ? NLM_F_CREATE | NLM_F_EXCL : 0, seq, fam);
     toKernel(r, r.timeoutSec, ct.get(), !create);
     if (op.noHelper) nfct_attr_unset(ct.get(), ATTR_HELPER_NAME);
     if (op.noStatus) nfct_attr_unset(ct.get(), ATTR_STATUS);
     if (op.noLabels) nfct_attr_unset(ct.get(), ATTR_CONNLABELS);
+    std::function<void(nlmsghdr*)> icmpNat;
+    if (create) icmpNat = takeIcmpNat(r, ct.get());
     nfct_nlmsg_build(nlh, ct.get());
+    if (icmpNat) icmpNat(nlh);
   }
 
   // One send's worth of ops[from..], built into `buf`.
@@ -1043,7 +1334,9 @@ struct KernelSink::Impl {
     mnl_nlmsg_batch* batch = mnl_nlmsg_batch_start(buf.data(), batchLimit);
     Built b{from, 0, 0, firstSeq};
     nlmsghdr* last = nullptr;
+    size_t gets = 0;
     while (from + b.count < ops.size() && b.count < perSend) {
+      if (ops[from + b.count].kind == Kind::kGet && ++gets > kMaxGetsPerSend) break;
       auto* nlh = static_cast<nlmsghdr*>(mnl_nlmsg_batch_current(batch));
       build(ops[from + b.count], nlh, firstSeq + static_cast<uint32_t>(b.count), upserts, deletes);
       // Full: this message goes first next time. The byte limit always holds one message.
@@ -1062,12 +1355,13 @@ struct KernelSink::Impl {
                  std::vector<Op>& retries, std::span<const FlowRecord> upserts,
                  std::span<const FlowKey> deletes, CommitResult& res) {
     answers.assign(b.count, kNoAnswer);
-    const int sendErr = sendAndCollect(buf.data(), b.bytes, b.firstSeq, answers);
+    replies.assign(b.count, std::nullopt);
+    const int sendErr = sendAndCollect(buf.data(), b.bytes, b.firstSeq, answers, &replies);
     ++counters.batches;
     for (size_t k = 0; k < b.count; ++k) {
       int err = answers[k];
       if (err == kNoAnswer) err = sendErr;  // 0 unless the answers were lost
-      settle(retries, ops[b.from + k], err, upserts, deletes, res);
+      settle(retries, ops[b.from + k], err, replies[k], upserts, deletes, res);
     }
   }
 
@@ -1149,8 +1443,10 @@ struct KernelSink::Impl {
 
   // Sends one batch and reads the answers. Fills `out[k]` with the errno of message k (0 for the
   // acked last one). Messages without an answer succeeded, unless the return value (an
-  // errno) says the answers were lost or the send failed.
-  int sendAndCollect(const void* data, size_t len, uint32_t firstSeq, std::vector<int>& out) {
+  // errno) says the answers were lost or the send failed. With `entries`, the reply tuples of the
+  // entries that come back (GETs) go to (*entries)[k].
+  int sendAndCollect(const void* data, size_t len, uint32_t firstSeq, std::vector<int>& out,
+                     std::vector<std::optional<Tuple>>* entries = nullptr) {
     if (mnl_socket_sendto(nl.get(), data, len) < 0) return errno;
     const uint32_t lastSeq = firstSeq + static_cast<uint32_t>(out.size()) - 1;
     // Each answer is a datagram of its own (a batch of EEXIST is one per message): many per call.
@@ -1183,9 +1479,16 @@ struct KernelSink::Impl {
         int left = static_cast<int>(msgs[static_cast<size_t>(i)].msg_len);
         for (auto* m = reinterpret_cast<const nlmsghdr*>(iov[static_cast<size_t>(i)].iov_base);
              mnl_nlmsg_ok(m, left); m = mnl_nlmsg_next(m, &left)) {
-          if (m->nlmsg_type != NLMSG_ERROR) continue;
           const uint32_t seq = m->nlmsg_seq;
           if (seq - firstSeq > lastSeq - firstSeq) continue;  // an older batch's straggler
+          if (m->nlmsg_type != NLMSG_ERROR) {
+            if (entries != nullptr && (m->nlmsg_type >> 8) == NFNL_SUBSYS_CTNETLINK) {
+              if (std::optional<FlowRecord> r = parseRecord(m)) {
+                (*entries)[seq - firstSeq] = r->reply;
+              }
+            }
+            continue;
+          }
           const auto* e = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
           out[seq - firstSeq] = -e->error;
           if (seq == lastSeq) done = true;
@@ -1197,8 +1500,22 @@ struct KernelSink::Impl {
     }
   }
 
-  void settle(std::vector<Op>& ops, const Op& op, int err, std::span<const FlowRecord> upserts,
-              std::span<const FlowKey> deletes, CommitResult& res) {
+  // Whether the kernel's reply tuple is the one a create of r would make (ports only where NAT
+  // sets them; ICMP: the id).
+  static bool sameMapping(const Tuple& kernel, const FlowRecord& r) {
+    const Tuple& want = r.reply;
+    if (kernel.l3 != want.l3 || kernel.l4 != want.l4 || !(kernel.src == want.src) ||
+        !(kernel.dst == want.dst)) {
+      return false;
+    }
+    if (natHasPorts(want.l4)) return kernel.sport == want.sport && kernel.dport == want.dport;
+    if (isIcmp(want.l4)) return kernel.sport == want.sport;
+    return true;
+  }
+
+  void settle(std::vector<Op>& ops, const Op& op, int err, const std::optional<Tuple>& got,
+              std::span<const FlowRecord> upserts, std::span<const FlowKey> deletes,
+              CommitResult& res) {
     switch (op.kind) {
       case Kind::kDelete:
         if (err == 0) {
@@ -1209,12 +1526,47 @@ struct KernelSink::Impl {
           fail(res, deletes[op.index], err);
         }
         return;
+      case Kind::kGet: {
+        // After a create's EEXIST: is it our flow with the same mapping?
+        const FlowRecord& r = upserts[op.index];
+        Op next = op;
+        if (err == 0 && got) {
+          if (sameMapping(*got, r)) {
+            next.kind = Kind::kUpdate;
+          } else {  // another NAT mapping, which an update cannot change
+            next.kind = Kind::kDeleteOrig;
+            ++next.replaced;
+          }
+        } else if (err == 0 || err == ENOENT) {
+          // No entry with this original tuple: another one holds the reply tuple.
+          next.kind = Kind::kDeleteReply;
+          ++next.replaced;
+        } else {
+          next.kind = Kind::kUpdate;  // no answer (lost): as before, update in place
+        }
+        ops.push_back(next);
+        return;
+      }
+      case Kind::kDeleteOrig:
+      case Kind::kDeleteReply: {
+        if (err == 0 || err == ENOENT) {
+          Op next = op;
+          next.kind = Kind::kCreate;
+          ops.push_back(next);
+        } else {
+          fail(res, upserts[op.index].key, err);
+        }
+        return;
+      }
       case Kind::kCreate: {
         const FlowRecord& r = upserts[op.index];
         if (err == 0) {
           ++res.created;
+          if (op.replaced > 0) ++res.replaced;
         } else if (err == EEXIST) {
-          ops.push_back(Op{Kind::kUpdate, op.index});
+          Op next = op;
+          next.kind = op.replaced < kMaxReplacements ? Kind::kGet : Kind::kUpdate;
+          ops.push_back(next);
         } else if (err == EOPNOTSUPP && r.helper != 0 && !op.noHelper) {
           // The kernel has no such helper (or not for this protocol): the flow matters more
           // than its helper, so it goes in without one.
@@ -1230,6 +1582,13 @@ struct KernelSink::Impl {
         const FlowRecord& r = upserts[op.index];
         if (err == 0) {
           ++res.updated;
+        } else if (err == ENOENT && op.replaced < kMaxReplacements) {
+          // Gone between the check and the update, or (no check) the create's EEXIST was
+          // another entry holding the reply tuple: remove that one and create.
+          Op next = op;
+          next.kind = Kind::kDeleteReply;
+          ++next.replaced;
+          ops.push_back(next);
         } else if (err == EBUSY && !op.noStatus) {
           // The entry has status bits the record lacks (ASSURED cannot be cleared) or another
           // EXPECTED bit: keep the kernel's and change the rest.
@@ -1259,6 +1618,7 @@ struct KernelSink::Impl {
   std::array<std::vector<char>, kPipeDepth> pipe;  // batch buffers: built, in flight, next
   std::vector<char> answerBuf;
   std::vector<int> answers;
+  std::vector<std::optional<Tuple>> replies;
   KernelSinkCounters counters;
 };
 
@@ -1296,6 +1656,7 @@ CommitResult KernelSink::commit(std::span<const FlowRecord> upserts,
   KernelSinkCounters& c = impl_->counters;
   ++c.commits;
   c.created += res.created;
+  c.replaced += res.replaced;
   c.updated += res.updated;
   c.deleted += res.deleted;
   c.failed += res.failed;

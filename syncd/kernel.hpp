@@ -24,6 +24,7 @@
 #include "replication/records.hpp"
 
 struct nf_conntrack;  // libnetfilter_conntrack
+struct nlmsghdr;      // linux/netlink.h
 
 namespace ctsync::syncd {
 
@@ -35,7 +36,13 @@ using replication::FlowRecord;
 // The record of a kernel entry: tuples, zone, status, TCP state/flags/scale, timeout, mark,
 // labels, helper (ftp/tftp), master tuple. `version` is left zero (the engine stamps it).
 // Empty for entries that cannot be carried (not IPv4/IPv6, no tuples).
+// For ICMP the reply's id is derived from the original's (the library has no getter for it):
+// use the overload below when the message is at hand.
 std::optional<FlowRecord> fromKernel(const nf_conntrack* ct);
+// The same, with `msg` (the ctnetlink message `ct` was parsed from) read for what the library
+// does not expose: the reply tuple's ICMP id (CTA_TUPLE_REPLY/CTA_TUPLE_PROTO/CTA_PROTO_ICMP_ID),
+// which NAT (masquerade) may have remapped.
+std::optional<FlowRecord> fromKernel(const nf_conntrack* ct, const nlmsghdr* msg);
 
 // Fills `ct` (fresh from nfct_new) to create `r` in a kernel with the given timeout:
 // original and reply tuples, zone, timeout, mark, labels, master tuple, TCP state and window
@@ -43,7 +50,11 @@ std::optional<FlowRecord> fromKernel(const nf_conntrack* ct);
 // SRC_NAT → SNAT to the reply tuple's destination (address and, for TCP/UDP, port); DST_NAT →
 // DNAT to the reply tuple's source. The reply tuple sent is the inverse of the original: the
 // kernel's NAT setup turns it into r.reply (it sets SRC_NAT/DST_NAT only when NAT changes the
-// tuple). Status: SEEN_REPLY and ASSURED (the rest the kernel sets; an update of a related flow
+// tuple). ICMP: a reply id other than the original's also means SNAT (to the reply's
+// destination, the same address if only the id changed) unless DNAT applies; the id itself is
+// pinned by KernelSink in the message (a NAT proto range min = max = the id, as the kernel's ICMP
+// NAT uses it), since libnetfilter_conntrack builds NAT ports for TCP and UDP only.
+// Status: SEEN_REPLY and ASSURED (the rest the kernel sets; an update of a related flow
 // also says EXPECTED, which the kernel insists on). Labels only if any bit is set.
 // `forUpdate`: only what the kernel lets an existing entry change (no NAT, no master, no helper,
 // no tuples other than the original).
@@ -97,6 +108,12 @@ class KernelSource {
     // by upsert() in between is gone from the kernel.
     std::function<void()> dumpBegin;
     std::function<void()> dumpEnd;
+    // Optional. A flow of a dump that the filter rejects only for its TCP state (protocol and
+    // addresses pass): it exists in the kernel, so an owner that synced it before (while its state
+    // passed) should count it as seen and keep it; whether to keep syncing it is the owner's call.
+    // Called between dumpBegin and dumpEnd, instead of upsert. (Events of such a flow are dropped,
+    // its DESTROY is passed on.)
+    std::function<void(const FlowKey&)> present;
   };
 
   // Opens the event socket (NEW|UPDATE|DESTROY groups while running, rcvbuf from settings with
@@ -110,17 +127,25 @@ class KernelSource {
   KernelSource(const KernelSource&) = delete;
   KernelSource& operator=(const KernelSource&) = delete;
 
-  // Starts reading events, then dumps the table (synchronously, through the callbacks). Events
-  // that arrive during the dump are delivered after it. Idempotent.
+  // Starts reading events, then dumps the table. The dump is incremental: start() sends the
+  // request and calls dumpBegin; the flows (upsert/present) and dumpEnd follow from the
+  // io_context, a slice (at most ~2000 messages or ~5 ms) per handler, so that other handlers run
+  // in between. Events that arrive during the dump stay in the event socket and are delivered
+  // after dumpEnd (an overrun meanwhile means another dump). Idempotent.
   void start();
   // Stops delivering events (leaves the event groups, so that commits meanwhile cost the kernel no
   // events; drains and ignores what the socket holds). start() again dumps.
-  // Called from a callback it takes effect at once: a dump under way is abandoned (no dumpEnd).
-  // A dump asked for from a callback (start(), resync()) runs when that callback returns.
+  // Takes effect at once, from a callback or not: a dump under way is abandoned: no more flows
+  // and no dumpEnd for it (its rest is read off the socket and thrown away; a start() meanwhile
+  // dumps again once that is done).
+  // A dump asked for while one runs or from a callback (start(), resync()) runs after it.
   void stop();
   bool running() const;
-  // Dumps the table again now (an operator's resync). Nothing while stopped.
+  // Dumps the table again (an operator's resync), after the dump under way if there is one (at
+  // most one more is queued). Nothing while stopped.
   void resync();
+  // Whether a dump is under way (dumpBegin called, dumpEnd not yet).
+  bool dumping() const;
 
   // The next NEW/UPDATE event for r.key whose status bits (those a commit carries: EXPECTED,
   // SEEN_REPLY, ASSURED, SRC_NAT, DST_NAT), TCP state, mark and reply tuple equal r's is our own
@@ -140,6 +165,11 @@ class KernelSource {
 
 struct CommitResult {
   size_t created = 0;
+  // Of `created`: a stale kernel entry was in the way and was deleted first: the same original
+  // tuple with another reply tuple (another NAT mapping, which an update cannot change), or
+  // another entry holding the record's reply tuple (the create's EEXIST while no entry has the
+  // original tuple; also an update's ENOENT).
+  size_t replaced = 0;
   size_t updated = 0;  // EEXIST on create, then changed in place
   size_t deleted = 0;
   size_t absent = 0;  // deletes of flows the kernel did not have (not an error)
@@ -151,6 +181,7 @@ struct CommitResult {
 struct KernelSinkCounters {
   uint64_t commits = 0;
   uint64_t created = 0;
+  uint64_t replaced = 0;  // of created (see CommitResult)
   uint64_t updated = 0;
   uint64_t deleted = 0;
   uint64_t failed = 0;
@@ -168,9 +199,13 @@ class KernelSink {
   // Writes `upserts` into the kernel and removes `deletes`, blocking until the kernel answered
   // every message. Each flow's timeout is its record's timeoutSec (the caller ages it; at least
   // 1). Flows without a master go first, then related flows (their master must exist). Sends
-  // settings.commitBatch messages per send; a create that finds the flow (EEXIST) is sent again
-  // as an update. Failures are counted, never fatal. Retried once without the offending part
-  // (and then counted as created/updated): a create whose helper the kernel lacks for that
+  // settings.commitBatch messages per send; a create that finds the flow (EEXIST) is checked with
+  // a GET: the same reply tuple -> sent again as an update; another reply tuple (another NAT
+  // mapping) -> the entry is deleted and the flow created again; no entry with that original
+  // tuple (another entry holds the reply tuple) -> the holder of the reply tuple is deleted and
+  // the flow created again (both counted created and replaced; at most twice per flow, then it
+  // is left to the update). Failures are counted, never fatal. Retried once without the offending
+  // part (and then counted as created/updated): a create whose helper the kernel lacks for that
   // protocol (EOPNOTSUPP), an update whose status would clear ASSURED/SEEN_REPLY (EBUSY; the
   // kernel keeps its bits), an update with labels on an entry that has no room for them
   // (ENOSPC: nothing in the namespace uses labels; a create drops them silently). Deletes run

@@ -21,6 +21,7 @@
 
 #include <array>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -188,6 +189,21 @@ std::vector<FlowRecord> mixedFlows(int n, bool labels) {
   return out;
 }
 
+// n ESTABLISHED TCP flows from base.. (64 per client address) to 192.0.2.1:443.
+std::vector<FlowRecord> plainTcpFlows(int n, uint32_t base) {
+  std::vector<FlowRecord> out;
+  out.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    const auto u = static_cast<uint32_t>(i);
+    FlowRecord r =
+        tcpFlow(base + (u >> 6), static_cast<uint16_t>(10000 + (u & 63)), 0xc0000201, 443);
+    r.tcpFlags[0] = r.tcpFlags[1] = table::tcpflag::kWindowScale;
+    r.tcpScale[0] = r.tcpScale[1] = 7;
+    out.push_back(r);
+  }
+  return out;
+}
+
 // Field-by-field: what the kernel holds for a committed record.
 void expectSame(const FlowRecord& want, const FlowRecord& got) {
   SCOPED_TRACE(::testing::Message()
@@ -224,6 +240,7 @@ struct Owner {
   int dumpEnds = 0;
   int upserts = 0;
   int removes = 0;
+  int presents = 0;
   std::function<void(const FlowRecord&)> onUpsert;  // extra behaviour for a test
   std::function<void(const FlowKey&)> onRemove;
 
@@ -239,6 +256,10 @@ struct Owner {
       ++removes;
       flows.erase(k);
       if (onRemove) onRemove(k);
+    };
+    c.present = [this](const FlowKey& k) {  // held, if synced before: still in the kernel
+      ++presents;
+      if (inDump) seen.insert(k);
     };
     c.dumpBegin = [this] {
       ++dumpBegins;
@@ -280,17 +301,6 @@ std::unique_ptr<KernelSink> openSink(const conf::KernelSettings& s = {}) {
   return std::move(std::get<std::unique_ptr<KernelSink>>(opened));
 }
 
-// The kernel's table, through a KernelSource dump (unfiltered).
-Table dumpTable() {
-  boost::asio::io_context io;
-  Owner owner;
-  auto src = openSource(io, owner);
-  if (!src) return {};
-  src->start();
-  EXPECT_EQ(owner.dumpEnds, 1);
-  return owner.flows;
-}
-
 // Runs the io_context until `done` or the limit.
 bool pump(boost::asio::io_context& io, const std::function<bool()>& done,
           std::chrono::milliseconds limit = 3000ms) {
@@ -301,6 +311,30 @@ bool pump(boost::asio::io_context& io, const std::function<bool()>& done,
     io.run_for(5ms);
   }
   return true;
+}
+
+// Runs the io_context until the source's dump under way (if any) has ended.
+bool finishDump(boost::asio::io_context& io, const KernelSource& src,
+                std::chrono::milliseconds limit = 10000ms) {
+  return pump(
+      io, [&] { return !src.dumping(); }, limit);
+}
+
+// start(), then the whole dump (it runs from the io_context).
+bool startAndDump(boost::asio::io_context& io, KernelSource& src) {
+  src.start();
+  return finishDump(io, src);
+}
+
+// The kernel's table, through a KernelSource dump (unfiltered).
+Table dumpTable() {
+  boost::asio::io_context io;
+  Owner owner;
+  auto src = openSource(io, owner);
+  if (!src) return {};
+  EXPECT_TRUE(startAndDump(io, *src));
+  EXPECT_EQ(owner.dumpEnds, 1);
+  return owner.flows;
 }
 
 // Runs the io_context until nothing arrives for a while.
@@ -549,6 +583,7 @@ TEST_F(KernelNetns, SourceSeesNewUpdateDestroyFromTheCli) {
   ASSERT_TRUE(src);
   src->start();
   EXPECT_EQ(owner.dumpBegins, 1);
+  ASSERT_TRUE(finishDump(io, *src));
   EXPECT_EQ(owner.dumpEnds, 1);
   EXPECT_TRUE(owner.flows.empty());
 
@@ -588,7 +623,7 @@ TEST_F(KernelNetns, SourceSeesSinkCommitsAndSuppressesItsEchoes) {
   auto src = openSource(io, owner);
   auto sink = openSink();
   ASSERT_TRUE(src && sink);
-  src->start();
+  ASSERT_TRUE(startAndDump(io, *src));
   std::vector<FlowRecord> flows = mixedFlows(100, labels_);
 
   // Announced: the NEW events of our own creates are dropped.
@@ -648,7 +683,7 @@ TEST_F(KernelNetns, FilterAppliesToDumpsAndEvents) {
   ASSERT_TRUE(src);
   std::vector<FlowRecord> before = {established, synSent, ignored, icmp};
   ASSERT_EQ(sink->commit(before).created, 4u);
-  src->start();
+  ASSERT_TRUE(startAndDump(io, *src));
   ASSERT_EQ(owner.flows.size(), 1u);
   EXPECT_EQ(owner.flows.count(established.key), 1u);
   EXPECT_EQ(src->counters().filtered, 3u);
@@ -692,7 +727,7 @@ TEST_F(KernelNetns, EntriesCreatedWhileStoppedStillReport) {
 
   const FlowRecord before = tcpFlow(0x0a500001, 1, 0x0a500002, 2);  // never started yet
   ASSERT_EQ(sink->commit(std::span<const FlowRecord>(&before, 1)).created, 1u);
-  src->start();
+  ASSERT_TRUE(startAndDump(io, *src));
   ASSERT_EQ(owner.flows.size(), 1u);
   src->stop();
   const FlowRecord during = tcpFlow(0x0a500003, 3, 0x0a500004, 4);  // stopped
@@ -700,7 +735,7 @@ TEST_F(KernelNetns, EntriesCreatedWhileStoppedStillReport) {
   io.restart();
   io.run_for(50ms);
   EXPECT_EQ(src->counters().newEvents, 0u);  // not in the groups while stopped
-  src->start();
+  ASSERT_TRUE(startAndDump(io, *src));
   ASSERT_EQ(owner.flows.size(), 2u);
 
   const std::vector<FlowKey> both = {before.key, during.key};
@@ -721,7 +756,7 @@ TEST_F(KernelNetns, OverrunResyncsToExactlyTheKernelsTable) {
   ASSERT_TRUE(sink);
   const std::vector<FlowRecord> first = mixedFlows(400, false);
   ASSERT_EQ(sink->commit(first).created, first.size());
-  src->start();
+  ASSERT_TRUE(startAndDump(io, *src));
   ASSERT_EQ(owner.flows.size(), first.size());
 
   // A burst while nobody reads: creates, deletes and updates, far more than the buffer holds.
@@ -768,12 +803,12 @@ TEST_F(KernelNetns, CallbacksMayStopResyncOrDestroyTheSource) {
     owner.onUpsert = [&](const FlowRecord&) {
       if (owner.upserts == 10) src->stop();
     };
-    src->start();
+    ASSERT_TRUE(startAndDump(io, *src));
     EXPECT_EQ(owner.upserts, 10);
     EXPECT_EQ(owner.dumpEnds, 0);
     EXPECT_FALSE(src->running());
     owner.onUpsert = nullptr;
-    src->start();
+    ASSERT_TRUE(startAndDump(io, *src));
     EXPECT_EQ(owner.dumpEnds, 1);
     EXPECT_EQ(owner.flows.size(), flows.size());
   }
@@ -785,6 +820,8 @@ TEST_F(KernelNetns, CallbacksMayStopResyncOrDestroyTheSource) {
       if (owner.upserts == 5) src->resync();
     };
     src->start();
+    ASSERT_TRUE(pump(io, [&] { return owner.dumpEnds == 2; }));
+    EXPECT_TRUE(finishDump(io, *src));
     EXPECT_EQ(owner.dumpBegins, 2);
     EXPECT_EQ(owner.dumpEnds, 2);
     EXPECT_EQ(src->counters().dumps, 2u);
@@ -795,7 +832,7 @@ TEST_F(KernelNetns, CallbacksMayStopResyncOrDestroyTheSource) {
     ASSERT_TRUE(src);
     owner.onUpsert = [&](const FlowRecord&) { src.reset(); };
     src->start();
-    EXPECT_EQ(src, nullptr);
+    ASSERT_TRUE(pump(io, [&] { return src == nullptr; }));
     EXPECT_EQ(owner.upserts, 1);
 
     Owner owner2;
@@ -803,7 +840,7 @@ TEST_F(KernelNetns, CallbacksMayStopResyncOrDestroyTheSource) {
     ASSERT_TRUE(src2);
     sink->flushKernel();  // recreated while a listener exists, so that they report events
     ASSERT_EQ(sink->commit(flows).created, flows.size());
-    src2->start();
+    ASSERT_TRUE(startAndDump(io, *src2));
     owner2.onRemove = [&](const FlowKey&) { src2.reset(); };
     std::vector<FlowKey> keys;
     for (const FlowRecord& r : flows) keys.push_back(r.key);
@@ -817,7 +854,7 @@ TEST_F(KernelNetns, CallbacksMayStopResyncOrDestroyTheSource) {
     auto src = openSource(io, owner);
     ASSERT_TRUE(src);
     ASSERT_EQ(sink->commit(flows).created, flows.size());
-    src->start();
+    ASSERT_TRUE(startAndDump(io, *src));
     owner.onRemove = [&](const FlowKey&) { src->stop(); };
     std::vector<FlowKey> keys;
     for (const FlowRecord& r : flows) keys.push_back(r.key);
@@ -829,21 +866,303 @@ TEST_F(KernelNetns, CallbacksMayStopResyncOrDestroyTheSource) {
   }
 }
 
-// ---- throughput --------------------------------------------------------------------------
+// ---- stale entries in the way of a commit (review: EEXIST with another mapping) -------------
 
-std::vector<FlowRecord> plainTcpFlows(int n, uint32_t base) {
-  std::vector<FlowRecord> out;
-  out.reserve(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) {
-    const auto u = static_cast<uint32_t>(i);
-    FlowRecord r =
-        tcpFlow(base + (u >> 6), static_cast<uint16_t>(10000 + (u & 63)), 0xc0000201, 443);
-    r.tcpFlags[0] = r.tcpFlags[1] = table::tcpflag::kWindowScale;
-    r.tcpScale[0] = r.tcpScale[1] = 7;
-    out.push_back(r);
-  }
-  return out;
+// SNAT'd TCP 10.80.0.<host>:1000 -> 198.51.100.1:443, reply to 203.0.113.1:<natPort>.
+FlowRecord snatFlow(uint32_t host, uint16_t natPort) {
+  FlowRecord r = tcpFlow(0x0a500000u | host, 1000, 0xc6336401u, 443);
+  r.status |= st::kSrcNat;
+  r.reply.dst = v4(0xcb007101u);
+  r.reply.dport = natPort;
+  return r;
 }
+
+TEST_F(KernelNetns, CommitReplacesAnEntryWithAnotherNatMapping) {
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  const FlowRecord stale = snatFlow(1, 20000);
+  ASSERT_EQ(sink->commit(std::span<const FlowRecord>(&stale, 1)).created, 1u);
+  // The same original tuple, mapped to another port: an update cannot change NAT.
+  FlowRecord live = snatFlow(1, 20001);
+  live.mark = 5;
+  const CommitResult res = sink->commit(std::span<const FlowRecord>(&live, 1));
+  EXPECT_EQ(res.created, 1u);
+  EXPECT_EQ(res.replaced, 1u);
+  EXPECT_EQ(res.updated, 0u);
+  EXPECT_EQ(res.failed, 0u);
+  EXPECT_TRUE(res.errors.empty()) << res.errors.front();
+  EXPECT_EQ(sink->counters().replaced, 1u);
+  const Table kernel = dumpTable();
+  ASSERT_EQ(kernel.size(), 1u);
+  expectSame(live, kernel.at(live.key));
+  EXPECT_EQ(kernel.at(live.key).reply.dport, 20001);
+
+  // The same mapping again: an update in place, nothing replaced.
+  live.mark = 6;
+  const CommitResult again = sink->commit(std::span<const FlowRecord>(&live, 1));
+  EXPECT_EQ(again.updated, 1u);
+  EXPECT_EQ(again.replaced, 0u);
+  EXPECT_EQ(dumpTable().at(live.key).mark, 6u);
+}
+
+TEST_F(KernelNetns, CommitReplacesAStaleEntryHoldingTheReplyTuple) {
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  // A stale flow of another client holds 203.0.113.1:20000; the live flow has that mapping now.
+  const FlowRecord stale = snatFlow(1, 20000);
+  const FlowRecord live = snatFlow(2, 20000);
+  ASSERT_EQ(sink->commit(std::span<const FlowRecord>(&stale, 1)).created, 1u);
+  // And one in a batch with other flows, the clash in the middle.
+  std::vector<FlowRecord> batch = {snatFlow(3, 30000), live, snatFlow(4, 30001)};
+  const CommitResult res = sink->commit(batch);
+  EXPECT_EQ(res.created, 3u);
+  EXPECT_EQ(res.replaced, 1u);
+  EXPECT_EQ(res.failed, 0u);
+  EXPECT_TRUE(res.errors.empty()) << res.errors.front();
+  const Table kernel = dumpTable();
+  EXPECT_EQ(kernel.size(), 3u) << out("conntrack -L");
+  EXPECT_EQ(kernel.count(stale.key), 0u);
+  ASSERT_EQ(kernel.count(live.key), 1u);
+  expectSame(live, kernel.at(live.key));
+}
+
+// ---- ICMP ids under NAT ---------------------------------------------------------------------
+
+TEST_F(KernelNetns, IcmpReplyIdSurvivesACommitAndIsReadBack) {
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  // Masqueraded ping whose id NAT remapped (100 -> 555), and an id change without an address
+  // change (a clash on the NAT box itself), and an IPv6 one.
+  FlowRecord masq =
+      flow(tuple(L3::kIpv4, proto::kIcmp, v4(0x0a5b0001), v4(0xc6336402), 100, 8 << 8),
+           st::kSeenReply | st::kSrcNat, 30);
+  masq.reply.dst = v4(0xcb007101u);
+  masq.reply.sport = 555;
+  FlowRecord idOnly =
+      flow(tuple(L3::kIpv4, proto::kIcmp, v4(0x0a5b0002), v4(0xc6336402), 100, 8 << 8),
+           st::kSeenReply | st::kSrcNat, 30);  // the kernel says SRC_NAT
+  idOnly.reply.sport = 777;
+  FlowRecord six =
+      flow(tuple(L3::kIpv6, proto::kIcmpv6, v6(0xfd00, 9), v6(0xfd01, 9), 42, 128 << 8),
+           st::kSeenReply | st::kSrcNat, 30);
+  six.reply.dst = v6(0xfd02, 1);
+  six.reply.sport = 4242;
+  const std::vector<FlowRecord> flows = {masq, idOnly, six};
+  const CommitResult res = sink->commit(flows);
+  EXPECT_EQ(res.created, 3u);
+  EXPECT_EQ(res.failed, 0u);
+  EXPECT_TRUE(res.errors.empty()) << res.errors.front();
+
+  // conntrack(8) shows the reply ids (independent of our parsing).
+  const std::string listed = out("conntrack -L -p icmp");
+  EXPECT_NE(listed.find("src=10.91.0.1 dst=198.51.100.2 type=8 code=0 id=100 src=198.51.100.2 "
+                        "dst=203.0.113.1 type=0 code=0 id=555"),
+            std::string::npos)
+      << listed;
+  EXPECT_NE(listed.find("src=10.91.0.2 dst=198.51.100.2 type=8 code=0 id=100 src=198.51.100.2 "
+                        "dst=10.91.0.2 type=0 code=0 id=777"),
+            std::string::npos)
+      << listed;
+
+  // Dumps (and events, and GETs: the same parsing) read the reply's id from the message.
+  const Table kernel = dumpTable();
+  ASSERT_EQ(kernel.size(), 3u);
+  for (const FlowRecord& want : flows) expectSame(want, kernel.at(want.key));
+
+  // Committing them again updates them in place (the mapping is the same).
+  const CommitResult again = sink->commit(flows);
+  EXPECT_EQ(again.updated, 3u);
+  EXPECT_EQ(again.replaced, 0u);
+}
+
+// Real pings through masquerade: a client namespace, this one as the router, a server namespace.
+// The second of two pings from different clients with the same id gets another id on the way
+// out; the source reports it, and a sink in a fresh namespace recreates it exactly.
+TEST_F(KernelNetns, IcmpIdsOfRealPingsThroughMasquerade) {
+  const std::string c1 = ns_ + "-c1", c2 = ns_ + "-c2", srv = ns_ + "-s";
+  struct Cleanup {
+    std::vector<std::string> names;
+    ~Cleanup() {
+      for (const std::string& n : names) run("ip netns del " + n);
+    }
+  } cleanup;
+  for (const std::string& n : {c1, c2, srv}) {
+    if (run("ip netns add " + n).first != 0) {
+      GTEST_SKIP() << "ip netns add";
+    }
+    cleanup.names.push_back(n);
+  }
+  auto host = [&](const std::string& nsName, const std::string& cmd) {
+    auto [rc, o] = run("ip netns exec " + nsName + " " + cmd);
+    if (rc != 0) ADD_FAILURE() << cmd << ": " << o;
+    return rc == 0;
+  };
+  // c1 10.92.1.2, c2 10.92.2.2, router 10.92.{1,2,3}.1, server 10.92.3.2.
+  const std::vector<std::pair<std::string, int>> links = {{c1, 1}, {c2, 2}, {srv, 3}};
+  for (const auto& [peer, n] : links) {
+    const std::string i = std::to_string(n);
+    if (run("ip link add r" + i + " netns " + ns_ + " type veth peer name e0 netns " + peer)
+            .first != 0) {
+      GTEST_SKIP() << "veth";
+    }
+    ASSERT_TRUE(sh("ip addr add 10.92." + i + ".1/24 dev r" + i));
+    ASSERT_TRUE(sh("ip link set r" + i + " up"));
+    ASSERT_TRUE(host(peer, "ip addr add 10.92." + i + ".2/24 dev e0"));
+    ASSERT_TRUE(host(peer, "ip link set e0 up"));
+    ASSERT_TRUE(host(peer, "ip link set lo up"));
+    if (n != 3) {
+      ASSERT_TRUE(host(peer, "ip route add default via 10.92." + i + ".1"));
+    }
+  }
+  ASSERT_TRUE(sh("sysctl -qw net.ipv4.ip_forward=1"));
+  if (!quiet("nft add table ip ctsync_nat") ||
+      !quiet("nft add chain ip ctsync_nat post '{ type nat hook postrouting priority 100; }'") ||
+      !quiet("nft add rule ip ctsync_nat post oifname r3 masquerade")) {
+    GTEST_SKIP() << "nft masquerade";
+  }
+  // The same ICMP id from both clients (python sets it: ping(8) picks its own).
+  const char* ping =
+      "python3 -c \"import socket,struct;s=socket.socket(socket.AF_INET,socket.SOCK_RAW,1);"
+      "s.settimeout(2);p=struct.pack('!BBHHH',8,0,0,4711,1)+b'x'*8;"
+      "c=lambda b:(lambda v:(~((v>>16)+(v&0xffff)+((((v>>16)+(v&0xffff))>>16)))&0xffff))("
+      "sum(struct.unpack('!%dH'%(len(b)//2),b)));"
+      "p=p[:2]+struct.pack('!H',c(p))+p[4:];s.sendto(p,('10.92.3.2',0));s.recv(100)\"";
+  ASSERT_TRUE(host(c1, ping));
+  ASSERT_TRUE(host(c2, ping));
+
+  const Table kernel = dumpTable();
+  std::vector<FlowRecord> pings;
+  for (const auto& [key, r] : kernel) {
+    if (key.orig.l4 == proto::kIcmp && key.orig.sport == 4711) pings.push_back(r);
+  }
+  ASSERT_EQ(pings.size(), 2u);
+  const int remapped = (pings[0].reply.sport != 4711) + (pings[1].reply.sport != 4711);
+  EXPECT_EQ(remapped, 1) << pings[0].reply.sport << " " << pings[1].reply.sport;
+  const std::string listed = out("conntrack -L -p icmp");
+  for (const FlowRecord& r : pings) {
+    EXPECT_NE(listed.find("dst=10.92.3.1 type=0 code=0 id=" + std::to_string(r.reply.sport)),
+              std::string::npos)
+        << listed;
+  }
+
+  // A backup: the same records into the server's empty table come out the same.
+  const int here = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  const int there = ::open(("/run/netns/" + srv).c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(here, 0);
+  ASSERT_GE(there, 0);
+  ASSERT_EQ(::setns(there, CLONE_NEWNET), 0);
+  ::close(there);
+  ASSERT_TRUE(quiet("true"));
+  {
+    auto sink = openSink();
+    if (sink) {
+      ASSERT_EQ(run("ip netns exec " + srv + " conntrack -F").first, 0);
+      const CommitResult res = sink->commit(pings);
+      EXPECT_EQ(res.created, 2u);
+      EXPECT_EQ(res.failed, 0u);
+      const Table copy = dumpTable();
+      for (const FlowRecord& want : pings) {
+        auto it = copy.find(want.key);
+        ASSERT_NE(it, copy.end());
+        EXPECT_EQ(it->second.reply, want.reply);
+      }
+    }
+  }
+  EXPECT_EQ(::setns(here, CLONE_NEWNET), 0);
+  ::close(here);
+}
+
+// ---- incremental dumps ----------------------------------------------------------------------
+
+TEST_F(KernelNetns, DumpLetsOtherHandlersRunAndHoldsEventsUntilItEnds) {
+  constexpr int kFlows = 50000;
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  const std::vector<FlowRecord> flows = plainTcpFlows(kFlows, 0x0a000000);
+  ASSERT_EQ(sink->commit(flows).created, flows.size());
+  boost::asio::io_context io;
+  Owner owner;
+  auto src = openSource(io, owner);
+  ASSERT_TRUE(src);
+
+  // Posted at the first flow: with a dump in one go it would run only after dumpEnd.
+  int upsertsWhenRun = -1;
+  int dumpEndsWhenRun = -1;
+  const FlowRecord during = tcpFlow(0x0a5c0001, 1, 0x0a5c0002, 2);
+  owner.onUpsert = [&](const FlowRecord&) {
+    if (owner.upserts != 1) return;
+    boost::asio::post(io, [&] {
+      upsertsWhenRun = owner.upserts;
+      dumpEndsWhenRun = owner.dumpEnds;
+      // A change while the dump runs: its event is held until the dump ends, then delivered.
+      EXPECT_EQ(sink->commit(std::span<const FlowRecord>(&during, 1)).created, 1u);
+    });
+  };
+  const auto t0 = Clock::now();
+  src->start();
+  EXPECT_TRUE(src->dumping());
+  EXPECT_EQ(owner.dumpBegins, 1);
+  EXPECT_LT(owner.upserts, kFlows);  // start() returns early
+  ASSERT_TRUE(pump(
+      io, [&] { return owner.dumpEnds == 1; }, 20000ms));
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  EXPECT_FALSE(src->dumping());
+  EXPECT_EQ(dumpEndsWhenRun, 0);
+  EXPECT_GT(upsertsWhenRun, 0);
+  EXPECT_LT(upsertsWhenRun, kFlows);
+  ASSERT_TRUE(pump(io, [&] { return owner.flows.count(during.key) == 1; }));
+  EXPECT_EQ(owner.flows.size(), flows.size() + 1);
+  EXPECT_EQ(src->counters().dumps, 1u);
+  std::printf("[ dump ] %d flows in %.3f s, posted handler ran after %d of them\n", kFlows, seconds,
+              upsertsWhenRun);
+
+  // stop() between slices abandons it: no dumpEnd; start() dumps again after its rest is read.
+  owner.onUpsert = nullptr;
+  src->resync();
+  ASSERT_TRUE(src->dumping());
+  io.restart();
+  io.run_one();  // one slice
+  src->stop();
+  src->start();
+  ASSERT_TRUE(pump(
+      io, [&] { return owner.dumpEnds == 2; }, 20000ms));
+  EXPECT_EQ(owner.dumpBegins, 3);
+  EXPECT_EQ(owner.flows.size(), flows.size() + 1);
+}
+
+// ---- flows the state filter rejects -------------------------------------------------------
+
+TEST_F(KernelNetns, DumpReportsFlowsFilteredOnlyByTheirState) {
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  conf::KernelSettings s;
+  s.ignoreAddresses = {"10.66.0.0/16"};
+  s.tcpStates = {static_cast<uint8_t>(table::TcpState::kEstablished)};
+  boost::asio::io_context io;
+  Owner owner;
+  auto src = openSource(io, owner, s);
+  ASSERT_TRUE(src);
+  FlowRecord synced = tcpFlow(0x0a5d0001, 1, 0x0a5d0002, 80);
+  const FlowRecord ignored = tcpFlow(0x0a420001, 1, 0x0a5d0002, 80);  // ignored address
+  std::vector<FlowRecord> both = {synced, ignored};
+  ASSERT_EQ(sink->commit(both).created, 2u);
+  ASSERT_TRUE(startAndDump(io, *src));
+  ASSERT_EQ(owner.flows.count(synced.key), 1u);
+
+  // It moves into a state the filter rejects: its event is dropped, and the next dump reports
+  // it as present, so the owner still holds it.
+  synced.tcpState = static_cast<uint8_t>(table::TcpState::kFinWait);
+  ASSERT_EQ(sink->commit(std::span<const FlowRecord>(&synced, 1)).updated, 1u);
+  settle(io, src->counters());
+  owner.presents = 0;
+  src->resync();
+  ASSERT_TRUE(finishDump(io, *src));
+  EXPECT_EQ(owner.dumpEnds, 2);
+  EXPECT_EQ(owner.presents, 1);  // not the ignored flow
+  EXPECT_EQ(owner.flows.count(synced.key), 1u);
+}
+
+// ---- throughput --------------------------------------------------------------------------
 
 TEST_F(KernelNetns, CommitRate) {
   constexpr int kFlows = 100000;
