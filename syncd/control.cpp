@@ -232,11 +232,12 @@ class Session : public std::enable_shared_from_this<Session> {
       // Small answers leave now, before whatever the command posted runs (promote answers
       // as soon as the kernel holds the flows, then adopts them and dumps the kernel).
       boost::system::error_code ec;
-      asio::write(socket_, std::array{asio::buffer("ok\n", 3), asio::buffer(out.body)}, ec);
+      const std::string head = "ok " + std::to_string(out.body.size()) + "\n";
+      asio::write(socket_, std::array{asio::buffer(head), asio::buffer(out.body)}, ec);
       stop();
       return;
     } else {
-      queue("ok\n");
+      queue("ok " + std::to_string(out.body.size()) + "\n");
       // Large bodies (a list of a million flows) go out in pieces.
       const std::string& body = out.body;
       size_t pos = 0;

@@ -3,8 +3,9 @@
 // uid 0 are served (SO_PEERCRED), so only root can promote or flush.
 //
 // Protocol: the client sends one line, the command and its options separated by spaces
-// ("list --replica --json"). The daemon answers "ok\n" or "error MESSAGE\n", then the body, and
-// closes. `events` keeps the connection and writes one line per event until the client closes.
+// ("list --replica --json"). The daemon answers "ok LENGTH\n" (the body's size in bytes, so a
+// client can tell a complete answer from one cut short) or "error MESSAGE\n", then the body,
+// and closes. `events` answers "ok\n" and writes one line per event until the client closes.
 // clang-format off
 #include <utility>  // before asio: Boost 1.74 with GCC 12 in C++20 mode needs it
 // clang-format on

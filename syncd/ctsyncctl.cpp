@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -112,6 +113,8 @@ int main(int argc, char** argv) {
   std::string head;
   bool headDone = false;
   bool ok = false;
+  std::optional<size_t> expected;  // the body's size, when the daemon announced it
+  size_t received = 0;
   char buf[65536];
   for (;;) {
     const ssize_t n = ::read(fd, buf, sizeof buf);
@@ -127,7 +130,12 @@ int main(int argc, char** argv) {
       head.append(buf, static_cast<size_t>(nl - buf));
       start = static_cast<size_t>(nl - buf) + 1;
       headDone = true;
-      ok = head == "ok";
+      ok = head == "ok" || head.rfind("ok ", 0) == 0;
+      if (ok && head.size() > 3) {
+        char* end = nullptr;
+        const unsigned long long size = std::strtoull(head.c_str() + 3, &end, 10);
+        if (end != nullptr && *end == '\0') expected = size;
+      }
       if (!ok) {
         std::cerr << "ctsyncctl: "
                   << (head.rfind("error ", 0) == 0 ? head.substr(6) : "unexpected answer: " + head)
@@ -135,12 +143,18 @@ int main(int argc, char** argv) {
       }
     }
     std::ostream& out = ok ? std::cout : std::cerr;
+    received += static_cast<size_t>(n) - start;
     out.write(buf + start, static_cast<std::streamsize>(static_cast<size_t>(n) - start));
     out.flush();
   }
   ::close(fd);
   if (!headDone) {
     std::cerr << "ctsyncctl: ctsyncd closed the connection without answering\n";
+    return 3;
+  }
+  if (ok && expected && received != *expected) {
+    std::cerr << "ctsyncctl: the answer was cut short (" << received << " of " << *expected
+              << " bytes): ctsyncd stopped or closed the connection\n";
     return 3;
   }
   return ok ? 0 : 1;

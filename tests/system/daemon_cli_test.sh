@@ -71,6 +71,24 @@ check "no daemon at the socket: exit 3" rc_is 3
 check "... saying so" err_has "nobody\.sock"
 run timeout 10 "$CTSYNCCTL"
 check "no command: exit 2 (usage)" rc_is 2
+# A daemon that dies in the middle of an answer: announced 100 bytes, sent 4.
+"$PY" - "$WORK/cut.sock" <<'PYEOF' &
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(1)
+s.settimeout(10)
+c, _ = s.accept()
+c.recv(4096)
+c.sendall(b"ok 100\nabc\n")
+c.close()
+PYEOF
+cut_pid=$!
+wait_for 5 test -S "$WORK/cut.sock"
+run timeout 10 "$CTSYNCCTL" --socket "$WORK/cut.sock" list
+wait "$cut_pid" 2>/dev/null
+check "an answer cut short: exit 3" rc_is 3
+check "... saying so" err_has "cut short \(4 of 100 bytes\)"
 
 # ---- one daemon on a real kernel table -------------------------------------------------------
 
