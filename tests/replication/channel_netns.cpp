@@ -40,6 +40,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/netns_util.hpp"
+
 namespace ctsync::replication {
 namespace {
 
@@ -50,15 +52,8 @@ using Clock = std::chrono::steady_clock;
 constexpr char kPrefix[] = "ctsync-ch-";
 constexpr int kBurst = 20;  // datagrams each node must get across in each phase
 
-// Runs a shell command; returns its exit status and output (for failure messages).
 std::pair<int, std::string> run(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return {-1, "popen failed"};
-  std::array<char, 512> buf{};
-  while (std::fgets(buf.data(), buf.size(), p) != nullptr) out += buf.data();
-  const int status = ::pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return testing::runCommand(cmd);
 }
 
 bool waitFor(const std::function<bool()>& done, std::chrono::milliseconds limit) {
@@ -72,17 +67,7 @@ bool waitFor(const std::function<bool()>& done, std::chrono::milliseconds limit)
 
 // Namespaces named after a test process that no longer exists: a crashed earlier run.
 void sweepLeftovers() {
-  DIR* dir = ::opendir("/run/netns");
-  if (dir == nullptr) return;
-  std::vector<std::string> stale;
-  while (dirent* e = ::readdir(dir)) {
-    const std::string name = e->d_name;
-    if (name.rfind(kPrefix, 0) != 0) continue;
-    const long pid = std::strtol(name.c_str() + sizeof kPrefix - 1, nullptr, 10);
-    if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) stale.push_back(name);
-  }
-  ::closedir(dir);
-  for (const std::string& name : stale) run("ip netns del " + name);
+  testing::sweepStaleNamespaces(kPrefix);
 }
 
 // --- the node: a child process running one Channel in its namespace ---------------------------

@@ -33,6 +33,7 @@
 
 #include "table/tcp.hpp"
 #include "table/types.hpp"
+#include "tests/support/netns_util.hpp"
 
 namespace ctsync::syncd {
 namespace {
@@ -56,30 +57,13 @@ constexpr uint8_t kCarried = table::tcpflag::kWindowScale | table::tcpflag::kSac
 
 using Table = std::unordered_map<FlowKey, FlowRecord, FlowKeyHasher>;
 
-// Runs a shell command; returns its exit status and output (for failure messages).
 std::pair<int, std::string> run(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return {-1, "popen failed"};
-  std::array<char, 512> buf{};
-  while (std::fgets(buf.data(), buf.size(), p) != nullptr) out += buf.data();
-  const int status = ::pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return testing::runCommand(cmd);
 }
 
 // Namespaces named after a test process that no longer exists: a crashed earlier run.
 void sweepLeftovers() {
-  DIR* dir = ::opendir("/run/netns");
-  if (dir == nullptr) return;
-  std::vector<std::string> stale;
-  while (dirent* e = ::readdir(dir)) {
-    const std::string name = e->d_name;
-    if (name.rfind(kPrefix, 0) != 0) continue;
-    const long pid = std::strtol(name.c_str() + sizeof kPrefix - 1, nullptr, 10);
-    if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) stale.push_back(name);
-  }
-  ::closedir(dir);
-  for (const std::string& name : stale) run("ip netns del " + name);
+  testing::sweepStaleNamespaces(kPrefix);
 }
 
 ino_t nsInode(const char* path) {
