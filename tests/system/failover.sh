@@ -350,6 +350,14 @@ kill_keepalived() {  # FW: SIGKILL parent and VRRP child at once (no goodbye adv
   # shellcheck disable=SC2086
   kill -KILL ${child} "${PIDS[keepalived-$1]}" 2>/dev/null || true
   kill_pid "keepalived-$1"
+  # The VRRP child is not ours to reap: until whoever inherits it does, it is a zombie that a
+  # restarted keepalived takes for a running daemon ("daemon is already running"). Wait for it
+  # to go or be a zombie, then remove the pid files, as a reboot would.
+  if [ -n "$child" ]; then
+    zombie_or_gone() { [ ! -e "/proc/$child" ] || grep -q '^State:[[:space:]]*Z' "/proc/$child/status" 2>/dev/null; }
+    wait_for 3 zombie_or_gone || true
+  fi
+  rm -f "$WORK/keepalived-$1.pid" "$WORK/keepalived-$1-vrrp.pid"
 }
 
 # ---- the run --------------------------------------------------------------------------------
