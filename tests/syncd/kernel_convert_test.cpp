@@ -2,6 +2,7 @@
 // pure, no socket. "What the kernel reports" is built as an object and sent through the
 // library's own message builder and parser, so the attributes look as they do after a dump.
 #include "syncd/kernel.hpp"
+#include "tests/support/tuples.hpp"
 // (system headers after)
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -59,16 +60,7 @@ Addr v6(const char* text) {
   return a;
 }
 
-Tuple tuple(L3 l3, uint8_t l4, Addr src, Addr dst, uint16_t sport, uint16_t dport) {
-  Tuple t;
-  t.l3 = l3;
-  t.l4 = l4;
-  t.src = src;
-  t.dst = dst;
-  t.sport = sport;
-  t.dport = dport;
-  return t;
-}
+using testing::tuple;
 
 Tuple inverse(const Tuple& t) {
   return table::invertTuple(t).value();

@@ -8,6 +8,7 @@
 
 // The header under test comes first: it puts <utility> before Asio (Boost 1.74, GCC 12, C++20).
 #include "syncd/kernel.hpp"
+#include "tests/support/tuples.hpp"
 // (system headers after)
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -88,16 +89,7 @@ Addr v6(uint16_t first, uint32_t low) {
   return a;
 }
 
-Tuple tuple(L3 l3, uint8_t l4, Addr src, Addr dst, uint16_t sport, uint16_t dport) {
-  Tuple t;
-  t.l3 = l3;
-  t.l4 = l4;
-  t.src = src;
-  t.dst = dst;
-  t.sport = sport;
-  t.dport = dport;
-  return t;
-}
+using testing::tuple;
 
 FlowRecord flow(const Tuple& orig, uint32_t status, uint32_t timeout) {
   FlowRecord r;

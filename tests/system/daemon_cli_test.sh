@@ -30,17 +30,6 @@ require_env
 remove_stale_namespaces
 make_work "$OUT"
 
-failures=0
-check() {  # DESCRIPTION COMMAND... (one command: compound conditions go in a function)
-  local what=$1
-  shift
-  if "$@"; then
-    echo "ok   $what"
-  else
-    echo "FAIL $what"
-    failures=$((failures + 1))
-  fi
-}
 run() {  # CMD...: sets RC, OUT_TEXT (stdout), ERR_TEXT (stderr)
   RC=0
   OUT_TEXT=$("$@" 2>"$WORK/stderr") || RC=$?

@@ -138,6 +138,20 @@ kill_pid() {  # NAME: SIGKILL now (a node dying)
 }
 
 # Polls CMD... every 50 ms until it succeeds; 1 after TIMEOUT seconds.
+# Checks that do not stop the test: each prints "ok" or "FAIL"; the script fails at its end
+# when $failures is not 0.
+failures=0
+check() {  # DESCRIPTION COMMAND... (one command: compound conditions go in a function)
+  local what=$1
+  shift
+  if "$@"; then
+    echo "ok   $what"
+  else
+    echo "FAIL $what"
+    failures=$((failures + 1))
+  fi
+}
+
 wait_for() {  # TIMEOUT CMD...
   local timeout=$1 i
   shift

@@ -56,17 +56,6 @@ echo "garp \$*" >>"$WORK/calls"
 EOF
 chmod +x "$WORK/ctsyncctl" "$WORK/garp"
 
-failures=0
-check() {  # DESCRIPTION COMMAND... (one command: compound conditions go in a function)
-  local what=$1
-  shift
-  if "$@"; then
-    echo "ok   $what"
-  else
-    echo "FAIL $what"
-    failures=$((failures + 1))
-  fi
-}
 
 # Runs the script as keepalived would (options, then TYPE NAME STATE PRIORITY); sets RC, ERR.
 notify() {  # STATE [EXTRA OPTIONS...]
