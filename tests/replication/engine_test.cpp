@@ -360,20 +360,27 @@ TEST(EngineTest, PacingSpreadsABulkOverTime) {
   expectReplicas(c, localsOf(c), "paced");
 }
 
-TEST(EngineTest, NatConflictsResolveToTheEarliestCreatorAndAreReported) {
-  Cluster c(2, 11);
-  std::vector<FlowKey> losers;
-  c.node(1).onNatConflict([&](const FlowKey& k) { losers.push_back(k); });
+// Node 0 creates `a`, then node 1, cut off from it, creates `b` with the same reply tuple
+// (same server, same outside address and port): conflicting NAT mappings, `a` the earlier.
+std::pair<FlowRecord, FlowRecord> makeNatConflict(Cluster& c) {
   c.runFor(10 * kMillisecond);
   c.partition({0});
   FlowRecord a = flow(1, 1);
   c.node(0).upsert(a, c.now());
   c.runFor(5 * kMillisecond);
   FlowRecord b = flow(2, 2);
-  b.reply = a.reply;  // same server, same outside address and port: conflicting mappings
+  b.reply = a.reply;
   c.node(1).upsert(b, c.now());
   c.runFor(10 * kMillisecond);
   c.heal();
+  return {a, b};
+}
+
+TEST(EngineTest, NatConflictsResolveToTheEarliestCreatorAndAreReported) {
+  Cluster c(2, 11);
+  std::vector<FlowKey> losers;
+  c.node(1).onNatConflict([&](const FlowKey& k) { losers.push_back(k); });
+  const auto [a, b] = makeNatConflict(c);
   ASSERT_TRUE(c.settle(5 * kSecond));
   for (size_t n = 0; n < 2; ++n) {
     EXPECT_FALSE(c.node(n).replica().get(a.key)->natShadowed);
@@ -389,16 +396,7 @@ TEST(EngineTest, ALiftedNatShadowIsReportedAsAReplicaChange) {
   Cluster c(3, 12);
   std::vector<FlowKey> changed;
   c.node(2).onReplicaChange([&](const FlowKey& k) { changed.push_back(k); });
-  c.runFor(10 * kMillisecond);
-  c.partition({0});
-  FlowRecord a = flow(1, 1);
-  c.node(0).upsert(a, c.now());
-  c.runFor(5 * kMillisecond);
-  FlowRecord b = flow(2, 2);
-  b.reply = a.reply;
-  c.node(1).upsert(b, c.now());
-  c.runFor(10 * kMillisecond);
-  c.heal();
+  const auto [a, b] = makeNatConflict(c);
   ASSERT_TRUE(c.settle(5 * kSecond));
   ASSERT_TRUE(c.node(2).replica().get(b.key)->natShadowed);
   changed.clear();
