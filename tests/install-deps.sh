@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
-# Installs what building and testing ctsync needs on Debian 12. Idempotent: packages already
-# present are not touched, and apt is only asked when something is missing.
+# Installs what building, testing and the container demo of ctsync need on Debian 12.
+#
+#   install-deps.sh [build] [test] [docker]     (no argument: all three)
+#
+#   build    compiling ctsyncd and ctsyncctl (the container image's build stage uses only this)
+#   test     the test suite: GoogleTest, the fuzzer's clang, namespaces, nftables, conntrack,
+#            keepalived, conntrackd (the benchmark's baseline)
+#   docker   the compose cluster (docker/demo.sh): Debian's Docker engine, docker-compose,
+#            debootstrap (the base image, where no registry is reachable)
+#
+# Idempotent: packages already present are not touched, and apt is only asked when something is
+# missing.
 set -euo pipefail
 
-packages=(
+build_packages=(
   cmake ninja-build g++ pkg-config
   libboost-dev libboost-program-options-dev
   capnproto libcapnp-dev
   libnetfilter-conntrack-dev libmnl-dev
   libspdlog-dev
   libtomlplusplus-dev
-  libgtest-dev
   libpcap-dev
   libsodium-dev
+)
+test_packages=(
+  libgtest-dev
   # the datagram decoder's fuzzer (libFuzzer with ASan/UBSan)
   clang-14 libclang-rt-14-dev
   # differential tests against the kernel: namespaces, replay, conntrack, packet crafting
@@ -20,6 +32,21 @@ packages=(
   # system tests and benchmarks: VRRP, gratuitous ARP, the daemon we compare with
   keepalived iputils-arping conntrackd
 )
+docker_packages=(docker.io docker-compose debootstrap python3)
+
+packages=()
+[ $# -gt 0 ] || set -- build test docker
+for group in "$@"; do
+  case $group in
+    build) packages+=("${build_packages[@]}") ;;
+    test) packages+=("${build_packages[@]}" "${test_packages[@]}") ;;
+    docker) packages+=("${docker_packages[@]}") ;;
+    *)
+      echo "usage: $0 [build] [test] [docker]" >&2
+      exit 2
+      ;;
+  esac
+done
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: run as root (it installs Debian packages): sudo $0" >&2
@@ -35,13 +62,13 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: all ${#packages[@]} packages present"
+  echo "install-deps: all packages present ($*)"
   exit 0
 fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-# keepalived and conntrackd are test tools here, not services: keep apt from starting them on
-# this host (Debian's policy-rc.d convention), unless the host already has its own policy.
+# keepalived, conntrackd and docker are test tools here, not services: keep apt from starting
+# them on this host (Debian's policy-rc.d convention), unless the host already has its own policy.
 policy=/usr/sbin/policy-rc.d
 own_policy=0
 if [ ! -e "$policy" ]; then
