@@ -20,10 +20,11 @@
 #                            sync0 ═══ sync0   10.9.0.1 / 10.9.0.2 (ctsync, VRRP)
 #
 # The active firewall holds the inside VIP 10.1.0.1/24 and the outside VIP 192.0.2.1/24 (its only
-# address in the server's subnet, so masquerade uses it). nftables on both: forward policy drop,
-# established/related accepted, invalid dropped, new only from inside; `masquerade random`, so a
-# firewall without the synced entry would pick another source port; nf_conntrack_tcp_loose = 0,
-# so it drops a mid-stream segment it has no entry for.
+# address in the server's subnet, so masquerade uses it). nftables on both (docker/nftables.conf,
+# as in the compose cluster): forward policy drop, established/related accepted, invalid
+# dropped, new only from inside; `masquerade random`, so a firewall without the synced entry
+# would pick another source port; nf_conntrack_tcp_loose = 0, so it drops a mid-stream segment
+# it has no entry for.
 #
 # The run: TCP echo stream (256 B every 2 ms) + UDP echo flow (every 10 ms) from cli to srv
 # through fw1; fw1 dies (ctsyncd and keepalived SIGKILLed, links down); fw2 takes over. Then fw1
@@ -135,20 +136,8 @@ setup_topology() {
     ip -n "$ns" link set in0 up
     ip -n "$ns" link set out0 up
     ip -n "$ns" link set sync0 up
-    ip netns exec "$ns" nft -f - <<'EOF'
-table ip ctsys {
-  chain forward {
-    type filter hook forward priority filter; policy drop;
-    ct state established,related accept
-    ct state invalid drop
-    iifname "in0" oifname "out0" ct state new accept
-  }
-  chain postrouting {
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname "out0" masquerade random
-  }
-}
-EOF
+    # The demo cluster's ruleset (docker/nftables.conf, in0 inside, out0 outside).
+    ip netns exec "$ns" nft -f "$REPO_DIR/docker/nftables.conf"
     # After the ruleset: its conntrack expressions load nf_conntrack into the namespace.
     ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_loose=0
   done

@@ -48,6 +48,16 @@ require_env() {  # TOOL=PACKAGE ...
   ip netns del "$TAG-probe"
 }
 
+# One process that sends SIGTERM to this shell after SECONDS (its PID: DEADLINE_PID; kill it
+# when done).
+start_deadline() {  # SECONDS
+  "$PY" -c 'import os, signal, sys, time
+time.sleep(float(sys.argv[1]))
+print(f"deadline: {sys.argv[1]} s passed, stopping", file=sys.stderr)
+os.kill(int(sys.argv[2]), signal.SIGTERM)' "$1" $$ &
+  DEADLINE_PID=$!
+}
+
 # $WORK holds configs, keys, logs and reports. Given a directory (ctest passes one under the
 # build tree) it is emptied and kept for inspection; otherwise a temporary one is removed when
 # the test passes.
@@ -67,11 +77,8 @@ make_work() {  # [DIR]
   renice -n "${CTSYS_NICE:--10}" -p $$ >/dev/null 2>&1 || true
   # Our own deadline, below ctest's TIMEOUT (which kills without running this cleanup): a
   # SIGTERM to this shell after CTSYS_DEADLINE seconds ends the test through cleanup().
-  "$PY" -c 'import os, signal, sys, time
-time.sleep(float(sys.argv[1]))
-print(f"deadline: {sys.argv[1]} s passed, stopping the test", file=sys.stderr)
-os.kill(int(sys.argv[2]), signal.SIGTERM)' "${CTSYS_DEADLINE:-100}" $$ &
-  PIDS[watchdog]=$!
+  start_deadline "${CTSYS_DEADLINE:-100}"
+  PIDS[watchdog]=$DEADLINE_PID
   # A command that fails outside a condition ends the test (set -e): remember which, for
   # cleanup() to name it (the trap also fires for handled failures inside functions).
   set -E
