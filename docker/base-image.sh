@@ -48,19 +48,28 @@ fi
 mirror=${mirror:-http://deb.debian.org/debian}
 
 tree=$(mktemp -d /tmp/ctsync-rootfs.XXXXXX)
-trap 'rm -rf "$tree"' EXIT
+trap 'rm -rf "$tree" "$tree.log"' EXIT
+trap 'exit 143' TERM INT
 say "debootstrap --variant=minbase bookworm from $mirror (about 45 s)"
-if ! debootstrap --variant=minbase bookworm "$tree" "$mirror" >"$tree.log" 2>&1; then
+if ! timeout 900 debootstrap --variant=minbase bookworm "$tree" "$mirror" >"$tree.log" 2>&1; then
   tail -n 20 "$tree.log" >&2
-  rm -f "$tree.log"
-  die "debootstrap failed (log above): is $mirror reachable? (apt-get update must work)"
+  die "debootstrap failed or took over 15 min (log above): is $mirror reachable? (apt-get" \
+    "update must work)"
 fi
-rm -f "$tree.log"
 
-# As in Debian's official images: the full suite set, no package caches, no recommends.
+# As in Debian's official images: bookworm, its updates and security suites, no package caches,
+# no recommends. The security archive as this host's apt has it, else Debian's.
+security=$(grep -hsE '^URIs: *http.*security' /etc/apt/sources.list.d/debian.sources | head -n1 |
+  awk '{ print $2 }')
+if [ -z "$security" ]; then
+  security=$(grep -hsE '^deb +http[^ ]* +bookworm-security' /etc/apt/sources.list | head -n1 |
+    awk '{ print $2 }')
+fi
+security=${security:-http://deb.debian.org/debian-security}
 cat >"$tree/etc/apt/sources.list" <<EOF
 deb $mirror bookworm main
 deb $mirror bookworm-updates main
+deb $security bookworm-security main
 EOF
 printf 'APT::Install-Recommends "false";\n' >"$tree/etc/apt/apt.conf.d/90no-recommends"
 rm -rf "$tree"/var/cache/apt/archives/*.deb "$tree"/var/lib/apt/lists/*

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: a live failover of the docker compose cluster (docker/compose.yml).
 #
-#   docker/demo.sh [--keep] [--max-gap SECONDS] [--out DIR] [--deadline SECONDS]
+#   docker/demo.sh [--keep] [--max-gap SECONDS] [--out DIR] [--deadline SECONDS] [--skip-not-root]
 #
 # On a fresh Debian 12 machine, as root: installs Debian's Docker engine, docker-compose and
 # debootstrap when missing, starts the engine when it is not running, makes the Debian base
@@ -22,7 +22,8 @@
 #      reset, one NAT source for each flow, each stall below --max-gap (default 3 s).
 # Every step is printed with its time. The cluster is taken down at the end (--keep leaves it
 # running), and so is a Docker engine this script started. --out keeps the logs and reports in
-# DIR; after --deadline seconds (default 1800) the script gives up and tears down. Exit 0 when the flows survived both
+# DIR; after --deadline seconds (default 1800) the script gives up and tears down.
+# --skip-not-root: exit 77 (skipped, for ctest) instead of 1 when not run as root. Exit 0 when the flows survived both
 # moves, 1 on any failure (the nodes' logs are printed), 2 for a usage error.
 set -euo pipefail
 DOCKER_DIR=$(cd "$(dirname "$0")" && pwd)
@@ -33,15 +34,31 @@ KEEP=0
 MAX_GAP=3.0
 OUT=""
 DEADLINE=1800
+NOT_ROOT_STATUS=1
+usage() {
+  sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2
+  [ -z "${1:-}" ] || echo "demo: $1" >&2
+  exit 2
+}
 while [ $# -gt 0 ]; do
   case $1 in
     --keep) KEEP=1; shift ;;
-    --max-gap) MAX_GAP=${2:?}; shift 2 ;;
-    --out) OUT=${2:?}; shift 2 ;;
-    --deadline) DEADLINE=${2:?}; shift 2 ;;
-    *) sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    --max-gap | --out | --deadline)
+      [ $# -ge 2 ] || usage "$1 needs a value"
+      case $1 in
+        --max-gap) MAX_GAP=$2 ;;
+        --out) OUT=$2 ;;
+        --deadline) DEADLINE=$2 ;;
+      esac
+      shift 2
+      ;;
+    --skip-not-root) NOT_ROOT_STATUS=$SKIP; shift ;;
+    *) usage "unknown argument $1" ;;
   esac
 done
+[[ $MAX_GAP =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage "--max-gap wants seconds, got '$MAX_GAP'"
+[[ $DEADLINE =~ ^[0-9]+$ ]] && [ "$DEADLINE" -ge 60 ] ||
+  usage "--deadline wants whole seconds (at least 60), got '$DEADLINE'"
 
 PROJECT=ctsync-demo
 IMAGE=ctsync-demo:latest
@@ -56,12 +73,15 @@ step() { echo; log "== $*"; }
 
 # ---- prerequisites ---------------------------------------------------------------------------
 
-[ "$(id -u)" -eq 0 ] ||
-  { echo "demo: run as root (it installs packages and runs the Docker engine): sudo $0" >&2; exit 1; }
+if [ "$(id -u)" -ne 0 ]; then
+  echo "demo: run as root (it installs packages and runs the Docker engine): sudo $0" >&2
+  exit "$NOT_ROOT_STATUS"
+fi
+# Installs only what is missing (an engine from Docker's own packages is kept as it is).
 if command -v apt-get >/dev/null; then
   "$REPO_DIR/tests/install-deps.sh" docker ||
-    fail "could not install docker.io docker-compose debootstrap python3 with apt-get:" \
-      "check that 'apt-get update' works on this machine, then run $0 again"
+    fail "could not install the Docker engine, docker-compose, debootstrap or python3 with" \
+      "apt-get: check that 'apt-get update' works on this machine, then run $0 again"
 fi
 DOCKER=/usr/bin/docker
 [ -x "$DOCKER" ] || DOCKER=$(command -v docker) ||
@@ -76,9 +96,23 @@ export DOCKER
 
 WORK=${OUT:-$(mktemp -d /tmp/ctsync-demo.XXXXXX)}
 mkdir -p "$WORK"
-ENGINE_PID=""
+ENGINE_PID=""        # a dockerd this script started
+ENGINE_UNIT=0        # 1: this script ran systemctl start docker
 UP=0
 WATCHDOG_PID=""
+CHILD_PID=""         # the long step running now (see bounded)
+
+# Runs a long step (build, debootstrap, compose) as a child and waits for it: unlike a
+# foreground command, `wait` returns at once when the deadline's SIGTERM arrives, and teardown
+# stops the child.
+bounded() {  # SECONDS CMD...
+  local rc=0
+  timeout "$@" &
+  CHILD_PID=$!
+  wait "$CHILD_PID" || rc=$?
+  CHILD_PID=""
+  return $rc
+}
 dc() { "$COMPOSE" -p "$PROJECT" -f "$DOCKER_DIR/compose.yml" "$@"; }
 dx() { "$DOCKER" exec "$PROJECT-$1" "${@:2}"; }  # NODE CMD...
 
@@ -87,18 +121,17 @@ diagnose() {
   local n
   for n in fw1 fw2; do
     echo "----- docker logs $PROJECT-$n (last 60 lines)"
-    "$DOCKER" logs --tail 60 "$PROJECT-$n" 2>&1
+    timeout 20 "$DOCKER" logs --tail 60 "$PROJECT-$n" 2>&1
   done
   for n in fw1 fw2; do
-    "$DOCKER" exec "$PROJECT-$n" true 2>/dev/null || { echo "----- $n: not running"; continue; }
+    timeout 10 "$DOCKER" exec "$PROJECT-$n" true 2>/dev/null ||
+      { echo "----- $n: not running"; continue; }
     echo "----- $n: addresses, conntrack entries of the demo's flows, ctsyncd status"
-    dx "$n" ip -br -4 addr 2>&1
-    dx "$n" conntrack -L 2>/dev/null | grep -E "dport=($TCP_PORT|$UDP_PORT) "
-    dx "$n" ctsyncctl status 2>&1
+    timeout 10 "$DOCKER" exec "$PROJECT-$n" sh -c "ip -br -4 addr; conntrack -L 2>/dev/null |
+      grep -E 'dport=($TCP_PORT|$UDP_PORT) '; ctsyncctl status" 2>&1
   done
   echo "----- client: neighbours, traffic status"
-  dx client ip neigh 2>&1
-  dx client cat /tmp/client.status 2>&1
+  timeout 10 "$DOCKER" exec "$PROJECT-client" sh -c 'ip neigh; cat /tmp/client.status' 2>&1
   echo
 }
 
@@ -106,13 +139,28 @@ teardown() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
+  # The deadline may strike inside a step whose output goes to a log file: speak to the
+  # terminal again.
+  exec 1>&3 2>&4
   [ -n "$WATCHDOG_PID" ] && kill "$WATCHDOG_PID" 2>/dev/null
+  if [ -n "$CHILD_PID" ]; then
+    kill -TERM "$CHILD_PID" 2>/dev/null
+    wait "$CHILD_PID" 2>/dev/null
+  fi
+  if [ $rc -ne 0 ] && [ $FAIL_REPORTED -eq 0 ]; then
+    if [ $rc -eq 143 ] || [ $rc -eq 130 ]; then
+      echo "FAIL: interrupted (signal; the deadline is $DEADLINE s)"
+    else
+      echo "FAIL: unexpected error${LAST_ERR:+ at $LAST_ERR}"
+    fi
+  fi
   if [ $rc -ne 0 ] && [ $UP -eq 1 ]; then
     diagnose
   fi
   if [ $UP -eq 1 ] && [ $KEEP -eq 0 ]; then
     step "teardown: docker-compose down"
-    dc down -v --timeout 15 >"$WORK/down.log" 2>&1 || cat "$WORK/down.log"
+    timeout 120 "$COMPOSE" -p "$PROJECT" -f "$DOCKER_DIR/compose.yml" down -v --timeout 15 \
+      >"$WORK/down.log" 2>&1 || cat "$WORK/down.log"
   elif [ $UP -eq 1 ]; then
     echo "the cluster keeps running (--keep): $COMPOSE -p $PROJECT -f $DOCKER_DIR/compose.yml down -v"
   fi
@@ -120,9 +168,16 @@ teardown() {
     log "stopping the Docker engine this script started (pid $ENGINE_PID)"
     kill -TERM "$ENGINE_PID" 2>/dev/null
     for ((i = 0; i < 300; i++)); do kill -0 "$ENGINE_PID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$ENGINE_PID" 2>/dev/null; then
+      echo "dockerd (pid $ENGINE_PID) did not stop within 30 s of SIGTERM: killing it"
+      kill -KILL "$ENGINE_PID" 2>/dev/null
+    fi
+  elif [ -n "$ENGINE_PID" ]; then
+    echo "the Docker engine this script started keeps running (--keep): kill $ENGINE_PID"
   fi
-  if [ $rc -ne 0 ] && [ $FAIL_REPORTED -eq 0 ]; then
-    echo "FAIL: unexpected error${LAST_ERR:+ at $LAST_ERR}"
+  if [ $ENGINE_UNIT -eq 1 ] && [ $KEEP -eq 0 ]; then
+    log "stopping the Docker engine this script started: systemctl stop docker.service docker.socket"
+    timeout 60 systemctl stop docker.service docker.socket
   fi
   if [ $rc -eq 0 ] && [ -z "$OUT" ]; then
     rm -rf "$WORK"
@@ -131,6 +186,7 @@ teardown() {
   fi
   exit $rc
 }
+exec 3>&1 4>&2
 trap teardown EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -146,15 +202,17 @@ step "Docker engine"
 if "$DOCKER" info >/dev/null 2>&1; then
   log "running: $("$DOCKER" version -f 'server {{.Server.Version}}' 2>/dev/null)"
 else
-  if [ -d /run/systemd/system ] && systemctl start docker >/dev/null 2>&1; then
+  if [ -d /run/systemd/system ] && timeout 90 systemctl start docker >/dev/null 2>&1; then
+    ENGINE_UNIT=1
     log "started with systemctl start docker"
   else
     command -v dockerd >/dev/null ||
       fail "the Docker engine is not running and there is no dockerd to start: apt-get install docker.io"
-    # No systemd here (a container or CI sandbox): run the engine for the length of the demo.
-    # It neither changes this host's firewall rules nor turns on forwarding: the cluster's
-    # networks are internal and the image is built with the host's network.
-    dockerd --iptables=false --ip-forward=false >>"$WORK/dockerd.log" 2>&1 &
+    # No systemd here (a container or CI sandbox): run the engine for the length of the demo,
+    # in a session of its own (a Ctrl-C here must not stop it before the teardown). It neither
+    # changes this host's firewall rules nor turns on forwarding: the image is built with the
+    # host's network and nothing in the cluster routes through the host.
+    setsid dockerd --iptables=false --ip-forward=false >>"$WORK/dockerd.log" 2>&1 </dev/null &
     ENGINE_PID=$!
     log "started dockerd (pid $ENGINE_PID, log $WORK/dockerd.log)"
   fi
@@ -164,12 +222,12 @@ else
 fi
 
 step "base images"
-"$DOCKER_DIR/base-image.sh" --docker "$DOCKER" ||
+bounded 1200 "$DOCKER_DIR/base-image.sh" --docker "$DOCKER" ||
   fail "no Debian base image: see above (a registry or debootstrap with Debian's mirror is needed)"
 
 step "building the image $IMAGE (multi-stage: build ctsyncd, then a slim runtime; several minutes the first time)"
 t0=$(now)
-if ! timeout 1800 "$DOCKER" build --network host -f "$DOCKER_DIR/Dockerfile" -t "$IMAGE" \
+if ! bounded 1500 "$DOCKER" build --network host -f "$DOCKER_DIR/Dockerfile" -t "$IMAGE" \
   "$REPO_DIR" >"$WORK/build.log" 2>&1; then
   tail -n 40 "$WORK/build.log"
   fail "docker build failed (the end of its log is above; all of it in $WORK/build.log)"
@@ -178,13 +236,16 @@ log "built in $(elapsed "$t0") s: $("$DOCKER" image inspect -f '{{.Size}}' "$IMA
 
 step "bringing up client, fw1, fw2, server"
 # Whatever an earlier, interrupted run left of this project goes first.
-dc down -v --timeout 5 >/dev/null 2>&1 || true
+bounded 120 "$COMPOSE" -p "$PROJECT" -f "$DOCKER_DIR/compose.yml" down -v --timeout 5 \
+  >/dev/null 2>&1 || true
 UP=1
-if ! dc up -d --no-build >"$WORK/up.log" 2>&1; then
+if ! bounded 300 "$COMPOSE" -p "$PROJECT" -f "$DOCKER_DIR/compose.yml" up -d --no-build \
+  >"$WORK/up.log" 2>&1; then
   cat "$WORK/up.log"
   if grep -q "overlap" "$WORK/up.log"; then
     fail "a docker network already uses 10.89.1-3.0/24: remove it ('docker network ls'," \
-      "'docker network rm NAME') or change the subnets in docker/compose.yml and its configs"
+      "'docker network rm NAME'); the subnets are also in docker/*.toml, keepalived.conf, vips" \
+      "and this script"
   fi
   fail "docker-compose up failed (its output is above)"
 fi
@@ -231,7 +292,8 @@ log "both flow through fw1"
 # dst=VIP sport=5001 dport=N": the reply tuple's dport N is the masqueraded source port.
 nat_of() {  # NODE PROTO PORT: prints "VIP:N" of the flow in NODE's kernel table, if any
   dx "$1" conntrack -L -p "$2" --orig-dst "$SERVER" --dport "$3" 2>/dev/null |
-    awk -v s="$SERVER" '{ for (i = 1; i <= NF; i++) { if ($i == "src=" s) { split($(i+1), d, "="); split($(i+3), p, "="); print d[2] ":" p[2]; exit } } }'
+    awk -v s="$SERVER" '!found { for (i = 1; i <= NF; i++) if ($i == "src=" s) {
+      split($(i + 1), d, "="); split($(i + 3), p, "="); print d[2] ":" p[2]; found = 1; break } }'
 }
 show_flows() {  # NODE
   dx "$1" conntrack -L -o extended 2>/dev/null | grep -E "dport=($TCP_PORT|$UDP_PORT) " |
@@ -294,8 +356,11 @@ progress tcp 16384 10 || fail "the TCP stream does not flow through fw1 after th
 progress udp 10 10 || fail "the UDP flow does not get through fw1 after the failback"
 probe || fail "a new connection through fw1 failed after the failback"
 tcp_nat=$(nat_of fw1 tcp $TCP_PORT)
-log "the stream carries on through fw1, masqueraded as ${tcp_nat:-?}; a new connection works"
+udp_nat=$(nat_of fw1 udp $UDP_PORT)
+log "the stream and the UDP flow carry on through fw1, masqueraded as ${tcp_nat:-?} and" \
+  "${udp_nat:-?}; a new connection works"
 [ "$tcp_nat" = "$TCP_NAT" ] || fail "fw1 uses ${tcp_nat:-no mapping} for the stream after the failback, first $TCP_NAT"
+[ "$udp_nat" = "$UDP_NAT" ] || fail "fw1 uses ${udp_nat:-no mapping} for the UDP flow after the failback, first $UDP_NAT"
 status fw1
 sleep 1
 

@@ -83,6 +83,8 @@ sync_key() {  # PATH
 run_firewall() {
   NODE=${1:?usage: node.sh fw NODE}
   name_links
+  # The firewall routes between its own links only.
+  ip route del default 2>/dev/null || true
   nft -f /etc/ctsync/nftables.conf
   say "nftables ruleset loaded"
   sync_key /var/lib/ctsync/sync.key

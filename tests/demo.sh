@@ -15,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "demo: run as root (it installs packages and creates network namespaces): sudo $0" >&2
   exit 1
 fi
-"$root/tests/install-deps.sh"
+"$root/tests/install-deps.sh" test
 echo "== building ctsyncd and ctsyncctl"
 cmake -S "$root" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$root/build" -j "$(nproc)" --target ctsyncd ctsyncctl >/dev/null

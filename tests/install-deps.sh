@@ -32,7 +32,12 @@ test_packages=(
   # system tests and benchmarks: VRRP, gratuitous ARP, the daemon we compare with
   keepalived iputils-arping conntrackd
 )
-docker_packages=(docker.io docker-compose debootstrap python3)
+# apparmor: Debian's dockerd 20.10 cannot start containers on an AppArmor kernel without its
+# parser; ca-certificates: pulls from a registry, where there is one.
+docker_packages=(docker-compose debootstrap python3 apparmor ca-certificates)
+# An engine already installed (Docker's own docker-ce, say) is used as it is: docker.io would
+# conflict with it.
+command -v dockerd >/dev/null || docker_packages+=(docker.io)
 
 packages=()
 [ $# -gt 0 ] || set -- build test docker
