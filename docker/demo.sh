@@ -23,8 +23,9 @@
 # Every step is printed with its time. The cluster is taken down at the end (--keep leaves it
 # running), and so is a Docker engine this script started. --out keeps the logs and reports in
 # DIR; after --deadline seconds (default 1800) the script gives up and tears down.
-# --skip-not-root: exit 77 (skipped, for ctest) instead of 1 when not run as root. Exit 0 when the flows survived both
-# moves, 1 on any failure (the nodes' logs are printed), 2 for a usage error.
+# --skip-not-root: exit 77 (skipped, for ctest) instead of 1 when not run as root.
+# Exit 0 when the flows survived both moves, 1 on any failure (the nodes' logs are printed), 2
+# for a usage error.
 set -euo pipefail
 DOCKER_DIR=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../tests/system/lib.sh
