@@ -185,12 +185,19 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void onRequest(const boost::system::error_code& ec) {
     deadline_.cancel();
-    if (ec || !*serverAlive_) return;
+    if (!*serverAlive_) return;
+    // No newline within the buffer's limit: answer, rather than dropping the client silently.
+    if (ec == asio::error::not_found) {
+      queue("error request too long (over " + std::to_string(kMaxRequest) + " bytes)\n");
+      finish();
+      return;
+    }
+    if (ec) return;
     std::istream in(&buffer_);
     std::string line;
     std::getline(in, line);
     if (line.size() > kMaxRequest) {
-      queue("error request too long\n");
+      queue("error request too long (over " + std::to_string(kMaxRequest) + " bytes)\n");
       finish();
       return;
     }

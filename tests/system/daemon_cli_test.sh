@@ -160,6 +160,29 @@ check "resync: exit 0" rc_is 0
 run ctl flush
 check "flush on the active node: refused (exit 1)" rc_is 1
 
+# A request over the 4 KiB limit (no newline in it) gets an error line, not a silent close.
+long_request() {
+  "$PY" -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(5)
+s.connect(sys.argv[1])
+s.sendall(b"status " + b"x" * 6000 + b"\n")
+answer = b""
+while True:
+    try:
+        data = s.recv(4096)
+    except ConnectionResetError:  # closed with our unread bytes in its buffer
+        break
+    if not data:
+        break
+    answer += data
+print(answer.decode(errors="replace").strip())
+sys.exit(0 if answer.startswith(b"error request too long") else 1)' "$SOCK"
+}
+check "a request over 4 KiB: an error line" long_request
+run ctl status
+check "... and the daemon still answers" rc_is 0
+
 run ctl bogus
 check "unknown command: exit 2 (usage)" rc_is 2
 run ctl status --bogus
