@@ -1401,40 +1401,35 @@ struct KernelSink::Impl {
     std::deque<size_t> free;
     std::array<Built, kPipeDepth> built{};
     for (size_t i = 0; i < kPipeDepth; ++i) free.push_back(i);
+    // A slot moves free -> (built) -> ready -> (sent) -> free.
+    auto take = [&](std::deque<size_t>& from) {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return !from.empty(); });
+      const size_t slot = from.front();
+      from.pop_front();
+      return slot;
+    };
+    auto give = [&](std::deque<size_t>& to, size_t slot) {
+      {
+        std::lock_guard lock(mu);
+        to.push_back(slot);
+      }
+      cv.notify_all();
+    };
     std::thread builder([&] {
       for (size_t pos = 0; pos < ops.size();) {
-        size_t slot;
-        {
-          std::unique_lock lock(mu);
-          cv.wait(lock, [&] { return !free.empty(); });
-          slot = free.front();
-          free.pop_front();
-        }
+        const size_t slot = take(free);
         built[slot] =
             buildBatch(ops, pos, base + static_cast<uint32_t>(pos), pipe[slot], upserts, deletes);
         pos += built[slot].count;
-        {
-          std::lock_guard lock(mu);
-          ready.push_back(slot);
-        }
-        cv.notify_all();
+        give(ready, slot);
       }
     });
     for (size_t done = 0; done < ops.size();) {
-      size_t slot;
-      {
-        std::unique_lock lock(mu);
-        cv.wait(lock, [&] { return !ready.empty(); });
-        slot = ready.front();
-        ready.pop_front();
-      }
+      const size_t slot = take(ready);
       sendBatch(built[slot], pipe[slot], ops, retries, upserts, deletes, res);
       done += built[slot].count;
-      {
-        std::lock_guard lock(mu);
-        free.push_back(slot);
-      }
-      cv.notify_all();
+      give(free, slot);
     }
     builder.join();
   }

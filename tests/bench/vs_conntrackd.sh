@@ -384,49 +384,27 @@ check_alive() {  # DAEMON
   alive "$1-b" || die "$1 on B exited (see its log)"
 }
 
-b_count() {  # DAEMON: the flows of A that B holds, or -1 if it does not answer
-  local out
+# The flows B's daemon holds in its peer cache (external) or counts as its own kernel's
+# (internal, after a commit); -1 if it does not answer.
+b_cache() {  # DAEMON external|internal
+  local out field
   case $1 in
   conntrackd)
-    out=$(conntrackd_ctl b -s cache 2>/dev/null | awk '/^cache:external/ { print $NF; exit }')
+    out=$(conntrackd_ctl b -s cache 2>/dev/null |
+      awk -v c="cache:$2" 'index($0, c) == 1 { print $NF; exit }')
     ;;
   ctsyncd)
+    [ "$2" = external ] && field=replica_flows || field=local_flows
     out=$(ctsyncctl b status --json 2>/dev/null)
-    out=${out#*\"replica_flows\":}
+    out=${out#*\"$field\":}
     out=${out%%[!0-9]*}
     ;;
   esac
   echo "${out:--1}"
 }
+b_count() { b_cache "$1" external; }  # DAEMON: the flows of A that B holds
+b_own() { b_cache "$1" internal; }    # DAEMON: the flows B counts as its own kernel's
 
-b_own() {  # DAEMON: the flows B's daemon counts as its own kernel's (after a commit)
-  local out
-  case $1 in
-  conntrackd)
-    out=$(conntrackd_ctl b -s cache 2>/dev/null | awk '/^cache:internal/ { print $NF; exit }')
-    ;;
-  ctsyncd)
-    out=$(ctsyncctl b status --json 2>/dev/null)
-    out=${out#*\"local_flows\":}
-    out=${out%%[!0-9]*}
-    ;;
-  esac
-  echo "${out:--1}"
-}
-
-request_resync() {  # DAEMON: B asks A for everything
-  case $1 in
-  conntrackd) conntrackd_ctl b -n ;;
-  ctsyncd) ctsyncctl b resync ;;
-  esac
-}
-
-# ---- measurements ---------------------------------------------------------------------------
-
-# Polls B's count every 100 ms until it equals TARGET, or has not moved for SETTLE seconds after
-# the burst ended (END stamp given by the caller), or TIMEOUT seconds after START. Sets
-# W_COUNT (last count) and W_AT (stamp of the first poll that saw it).
-W_COUNT=-1 W_AT=""
 wait_b_count() {  # DAEMON TARGET START TIMEOUT
   local daemon=$1 target=$2 start=$3 c now last=-2 last_at=$3
   local settle_us=$((SETTLE * 1000000)) timeout_us=$(($4 * 1000000))
