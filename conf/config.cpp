@@ -269,26 +269,105 @@ Issue splitPeer(std::string_view text, std::string& address, uint32_t& port) {
   return std::nullopt;
 }
 
-Issue readCidr(const toml::node& node, std::string& out) {
-  std::string text;
-  if (Issue issue = readString(node, 64, text)) return issue;
-  const size_t slash = text.find('/');
-  const std::string addr = text.substr(0, slash);
-  const Family f = familyOf(addr);
-  if (f == Family::kNone || addr.find('%') != std::string::npos) {
-    return "\"" + printable(addr) + "\" is not an IPv4 or IPv6 address";
+// A numeric address of either family, without a zone: a zone names a link, which a rule or a
+// replayed packet does not have.
+Issue parseAddress(std::string_view text, table::IpAddress& out) {
+  std::array<uint8_t, 16> b{};
+  // inet_pton would stop at a NUL, which a TOML string may hold ("\u0000").
+  const Family f = text.find('\0') == std::string_view::npos ? familyOf(text, &b) : Family::kNone;
+  if (f == Family::kNone) return "\"" + printable(text) + "\" is not an IPv4 or IPv6 address";
+  if (const size_t zone = text.find('%'); zone != std::string_view::npos) {
+    return "\"" + printable(text) + "\": a zone suffix (\"" + printable(text.substr(zone)) +
+           "\") is not allowed here";
   }
-  if (slash != std::string::npos) {
-    const std::string bits = text.substr(slash + 1);
-    const int max = f == Family::kV4 ? 32 : 128;
+  out.l3 = f == Family::kV4 ? table::L3::kIpv4 : table::L3::kIpv6;
+  out.addr.bytes = b;
+  return std::nullopt;
+}
+
+// "ADDR/LENGTH" or "ADDR" (all of the address: /32 or /128).
+Issue parsePrefix(std::string_view text, table::Prefix& out) {
+  const size_t slash = text.find('/');
+  table::IpAddress a;
+  if (Issue issue = parseAddress(text.substr(0, slash), a)) return issue;
+  const int max = a.l3 == table::L3::kIpv4 ? 32 : 128;
+  int length = max;
+  if (slash != std::string_view::npos) {
+    const std::string bits(text.substr(slash + 1));
     if (bits.empty() || bits.size() > 3 ||
         !std::all_of(bits.begin(), bits.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
         std::stoi(bits) > max) {
       return "\"/" + printable(bits) + "\" is not a prefix length 0.." + std::to_string(max);
     }
+    length = std::stoi(bits);
   }
+  out = table::Prefix{a.l3, a.addr, static_cast<uint8_t>(length)};
+  return std::nullopt;
+}
+
+Issue readCidr(const toml::node& node, std::string& out) {
+  std::string text;
+  if (Issue issue = readString(node, 64, text)) return issue;
+  table::Prefix prefix;
+  if (Issue issue = parsePrefix(text, prefix)) return issue;
   out = std::move(text);
   return std::nullopt;
+}
+
+Issue readPrefix(const toml::node& node, table::Prefix& out) {
+  std::string text;
+  if (Issue issue = readString(node, 64, text)) return issue;
+  return parsePrefix(text, out);
+}
+
+Issue readIpAddress(const toml::node& node, table::IpAddress& out) {
+  std::string text;
+  if (Issue issue = readString(node, 64, text)) return issue;
+  return parseAddress(text, out);
+}
+
+// Calls read(table, "section.key[N]") for each table of an array of tables ([[section.key]]).
+template <typename F>
+void forEachTable(const toml::node& value, std::string_view dottedKey, std::string_view what,
+                  Problems& problems, F&& read) {
+  const auto* array = value.as_array();
+  if (array == nullptr || !array->is_array_of_tables()) {
+    problems.addForKey(value.source(), dottedKey,
+                       "expected tables: write each " + std::string(what) + " as a [[" +
+                           std::string(dottedKey) + "]] section");
+    return;
+  }
+  for (size_t i = 0; i < array->size(); ++i) {
+    read(*array->get(i)->as_table(), std::string(dottedKey) + "[" + std::to_string(i + 1) + "]");
+  }
+}
+
+// One key of a table in an array of tables, read into that table's struct T.
+template <typename T>
+struct TableKey {
+  std::string_view name;
+  Issue (*apply)(const toml::node& value, T& out);
+};
+
+// Reads every key of `t` (named "prefix.key" in problems) into `out`; false if any was bad.
+template <typename T, size_t N>
+bool readTableKeys(const toml::table& t, const std::string& prefix, const TableKey<T> (&keys)[N],
+                   T& out, Problems& problems) {
+  bool ok = true;
+  for (auto&& [key, node] : t) {
+    const std::string_view name = key.str();
+    const auto known = std::find_if(std::begin(keys), std::end(keys),
+                                    [&](const TableKey<T>& k) { return k.name == name; });
+    if (known == std::end(keys)) {
+      problems.add(key.source(),
+                   "unknown key '" + printable(prefix + "." + std::string(name)) + "'");
+      ok = false;
+    } else if (Issue issue = known->apply(node, out)) {
+      problems.addForKey(node.source(), prefix + "." + std::string(name), *issue);
+      ok = false;
+    }
+  }
+  return ok;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,12 +511,7 @@ constexpr Named<LinkSettings::Kind> kLinkKinds[] = {
 constexpr int64_t kMinSocketBuffer = 64 << 10;
 constexpr int64_t kMaxSocketBuffer = int64_t{1} << 30;
 
-using LinkApply = Issue (*)(const toml::node& value, LinkSettings& link);
-struct LinkKey {
-  std::string_view name;
-  LinkApply apply;
-};
-constexpr LinkKey kLinkKeys[] = {
+constexpr TableKey<LinkSettings> kLinkKeys[] = {
     {"kind", [](const Node& n, LinkSettings& l) { return readEnum(n, kLinkKinds, l.kind); }},
     {"interface", [](const Node& n, LinkSettings& l) { return readInterface(n, l.interface); }},
     {"group", [](const Node& n, LinkSettings& l) { return readAddress(n, l.group); }},
@@ -508,38 +582,17 @@ Issue checkLink(const LinkSettings& l) {
 
 void readLinks(const toml::node& value, std::string_view dottedKey, Config& config,
                Problems& problems) {
-  const auto* array = value.as_array();
-  if (array == nullptr || !array->is_array_of_tables()) {
-    problems.addForKey(value.source(), dottedKey,
-                       "expected tables: write each link as a [[sync.link]] section");
-    return;
-  }
-  for (size_t i = 0; i < array->size(); ++i) {
-    const toml::table& t = *array->get(i)->as_table();
-    const std::string prefix = std::string(dottedKey) + "[" + std::to_string(i + 1) + "]";
-    LinkSettings link;
-    bool ok = true;
-    for (auto&& [key, node] : t) {
-      const std::string_view name = key.str();
-      const auto known = std::find_if(std::begin(kLinkKeys), std::end(kLinkKeys),
-                                      [&](const LinkKey& k) { return k.name == name; });
-      if (known == std::end(kLinkKeys)) {
-        problems.add(key.source(),
-                     "unknown key '" + printable(prefix + "." + std::string(name)) + "'");
-        ok = false;
-      } else if (Issue issue = known->apply(node, link)) {
-        problems.addForKey(node.source(), prefix + "." + std::string(name), *issue);
-        ok = false;
-      }
-    }
-    if (ok) {
-      if (Issue issue = checkLink(link)) {
-        problems.addForKey(t.source(), prefix, *issue);
-        continue;
-      }
-    }
-    config.sync.links.push_back(std::move(link));
-  }
+  forEachTable(value, dottedKey, "link", problems,
+               [&](const toml::table& t, const std::string& prefix) {
+                 LinkSettings link;
+                 if (readTableKeys(t, prefix, kLinkKeys, link, problems)) {
+                   if (Issue issue = checkLink(link)) {
+                     problems.addForKey(t.source(), prefix, *issue);
+                     return;
+                   }
+                 }
+                 config.sync.links.push_back(std::move(link));
+               });
 }
 
 constexpr KeySpec kSyncKeys[] = {
@@ -643,6 +696,375 @@ constexpr KeySpec kKernelKeys[] = {
      }},
 };
 
+// ---- [[nat.rule]] ---------------------------------------------------------------------------
+
+constexpr Named<table::NatType> kNatTypes[] = {
+    {"snat", table::NatType::kSnat},
+    {"dnat", table::NatType::kDnat},
+    {"masquerade", table::NatType::kMasquerade},
+    {"redirect", table::NatType::kRedirect},
+};
+constexpr Named<table::L3> kFamilies[] = {
+    {"ipv4", table::L3::kIpv4},
+    {"ipv6", table::L3::kIpv6},
+};
+constexpr Named<uint8_t> kNatFlagNames[] = {
+    {"persistent", table::natflag::kPersistent},
+    {"random", table::natflag::kRandom},
+    {"fully-random", table::natflag::kFullyRandom},
+};
+
+std::string_view protocolName(uint8_t number) {
+  for (const Named<uint8_t>& p : kProtocolNames) {
+    if (p.value == number) return p.name;
+  }
+  return "?";
+}
+
+bool allDigits(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// "N" or "N-M" (a string) or N (an integer): ports min..65535, the first not above the last.
+Issue readPortRange(const toml::node& node, int64_t min, table::PortRange& out) {
+  auto check = [&](int64_t port) -> Issue {
+    if (port < min || port > 65535)
+      return "port " + std::to_string(port) + " is out of range " + std::to_string(min) + "..65535";
+    return std::nullopt;
+  };
+  if (const auto* integer = node.as_integer()) {
+    if (Issue issue = check(integer->get())) return issue;
+    const auto port = static_cast<uint16_t>(integer->get());
+    out = table::PortRange{port, port};
+    return std::nullopt;
+  }
+  if (!node.is_string()) return "expected a port: an integer, or a string \"PORT\" or \"MIN-MAX\"";
+  std::string text;
+  if (Issue issue = readString(node, 32, text)) return issue;
+  const size_t dash = text.find('-');
+  const std::string low = text.substr(0, dash);
+  const std::string high = dash == std::string::npos ? low : text.substr(dash + 1);
+  // Up to nine digits, so that a big number is reported as out of range, yet stoll cannot throw.
+  for (const std::string& part : {low, high}) {
+    if (part.empty() || part.size() > 9 || !allDigits(part))
+      return "\"" + printable(text) + "\" is not a port or a port range \"MIN-MAX\"";
+  }
+  const int64_t first = std::stoll(low);
+  const int64_t last = std::stoll(high);
+  if (Issue issue = check(first)) return issue;
+  if (Issue issue = check(last)) return issue;
+  if (first > last) {
+    return "\"" + printable(text) + "\" is not a range: " + std::to_string(first) + " is above " +
+           std::to_string(last);
+  }
+  out = table::PortRange{static_cast<uint16_t>(first), static_cast<uint16_t>(last)};
+  return std::nullopt;
+}
+
+// "A" or "A-B": numeric addresses of one family, A not above B.
+Issue readAddrRange(const toml::node& node, table::AddrRange& out) {
+  std::string text;
+  if (Issue issue = readString(node, 100, text)) return issue;
+  const size_t dash = text.find('-');  // neither family writes a '-' in an address
+  const std::string low = text.substr(0, dash);
+  const std::string high = dash == std::string::npos ? low : text.substr(dash + 1);
+  table::IpAddress first, last;
+  if (Issue issue = parseAddress(low, first)) return issue;
+  if (Issue issue = parseAddress(high, last)) return issue;
+  if (first.l3 != last.l3) return "\"" + printable(text) + "\" mixes IPv4 and IPv6";
+  // Addresses are big-endian bytes, so the byte arrays compare as the numbers do.
+  if (first.addr.bytes > last.addr.bytes) {
+    return "\"" + printable(text) + "\" is not a range: " + low + " is above " + high;
+  }
+  out = table::AddrRange{first.l3, first.addr, last.addr};
+  return std::nullopt;
+}
+
+// An interface name, or a prefix of names followed by one '*' ("eth*"); "*" alone is any.
+Issue readInterfacePattern(const toml::node& node, std::string& out) {
+  std::string pattern;
+  if (Issue issue = readString(node, 64, pattern)) return issue;
+  std::string_view name = pattern;
+  if (!name.empty() && name.back() == '*') name.remove_suffix(1);
+  if (!name.empty() || pattern.empty()) {
+    if (Issue issue = checkInterfaceName(name)) return issue;
+  }
+  out = std::move(pattern);
+  return std::nullopt;
+}
+
+// A rule as read, before the checks across its keys.
+struct RuleDraft {
+  table::NatRule rule;
+  bool hasType = false;  // `type` is required; rule.type has a default
+};
+
+constexpr TableKey<RuleDraft> kNatRuleKeys[] = {
+    {"type",
+     [](const Node& n, RuleDraft& d) -> Issue {
+       if (Issue issue = readEnum(n, kNatTypes, d.rule.type)) return issue;
+       d.hasType = true;
+       return std::nullopt;
+     }},
+    {"family",
+     [](const Node& n, RuleDraft& d) -> Issue {
+       table::L3 family = table::L3::kIpv4;
+       if (Issue issue = readEnum(n, kFamilies, family)) return issue;
+       d.rule.family = family;
+       return std::nullopt;
+     }},
+    {"protocol",
+     [](const Node& n, RuleDraft& d) -> Issue {
+       uint8_t protocol = 0;
+       if (Issue issue = readEnum(n, kProtocolNames, protocol)) return issue;
+       d.rule.protocol = protocol;
+       return std::nullopt;
+     }},
+    {"source",
+     [](const Node& n, RuleDraft& d) -> Issue {
+       table::Prefix prefix;
+       if (Issue issue = readPrefix(n, prefix)) return issue;
+       d.rule.source = prefix;
+       return std::nullopt;
+     }},
+    {"destination",
+     [](const Node& n, RuleDraft& d) -> Issue {
+       table::Prefix prefix;
+       if (Issue issue = readPrefix(n, prefix)) return issue;
+       d.rule.destination = prefix;
+       return std::nullopt;
+     }},
+    {"sport",
+     [](const Node& n, RuleDraft& d) -> Issue {
+       table::PortRange ports;
+       if (Issue issue = readPortRange(n, 0, ports)) return issue;
+       d.rule.sport = ports;
+       return std::nullopt;
+     }},
+    {"dport",
+     [](const Node& n, RuleDraft& d) -> Issue {
+       table::PortRange ports;
+       if (Issue issue = readPortRange(n, 0, ports)) return issue;
+       d.rule.dport = ports;
+       return std::nullopt;
+     }},
+    {"in_interface",
+     [](const Node& n, RuleDraft& d) { return readInterfacePattern(n, d.rule.inInterface); }},
+    {"out_interface",
+     [](const Node& n, RuleDraft& d) { return readInterfacePattern(n, d.rule.outInterface); }},
+    {"zone",
+     [](const Node& n, RuleDraft& d) -> Issue {
+       uint16_t zone = 0;
+       if (Issue issue = readNumber(n, 0, 65535, zone)) return issue;
+       d.rule.zone = zone;
+       return std::nullopt;
+     }},
+    {"to_address",
+     [](const Node& n, RuleDraft& d) -> Issue {
+       table::AddrRange range;
+       if (Issue issue = readAddrRange(n, range)) return issue;
+       d.rule.toAddress = range;
+       return std::nullopt;
+     }},
+    // A translation to port 0 is meaningless.
+    {"to_port",
+     [](const Node& n, RuleDraft& d) -> Issue {
+       table::PortRange ports;
+       if (Issue issue = readPortRange(n, 1, ports)) return issue;
+       d.rule.toPort = ports;
+       return std::nullopt;
+     }},
+    {"flags",
+     [](const Node& n, RuleDraft& d) -> Issue {
+       uint8_t flags = 0;
+       Issue issue = readList(n, [&](const toml::node& e) -> Issue {
+         uint8_t flag = 0;
+         if (Issue i = readEnum(e, kNatFlagNames, flag)) return i;
+         flags |= flag;
+         return std::nullopt;
+       });
+       if (!issue) d.rule.flags = flags;
+       return issue;
+     }},
+};
+
+std::string familyText(table::L3 l3) {
+  return l3 == table::L3::kIpv4 ? "IPv4" : "IPv6";
+}
+
+// The checks across the keys of one rule, once every key was read; fills in rule.family when
+// an address or the protocol pins it. Each problem is reported at its key (or at the rule).
+void checkNatRule(RuleDraft& draft, const toml::table& t, const std::string& prefix,
+                  Problems& problems) {
+  table::NatRule& rule = draft.rule;
+  auto report = [&](std::string_view key, const std::string& what) {
+    const toml::node* at = key.empty() ? nullptr : t.get(key);
+    if (at == nullptr) {
+      problems.addForKey(t.source(), prefix, what);
+    } else {
+      problems.addForKey(at->source(), prefix + "." + std::string(key), what);
+    }
+  };
+
+  if (!draft.hasType) {
+    report("", "a rule needs 'type': \"snat\", \"dnat\", \"masquerade\" or \"redirect\"");
+  } else {
+    const std::string type = table::natTypeName(rule.type);
+    switch (rule.type) {
+      case table::NatType::kSnat:
+      case table::NatType::kDnat:
+        if (!rule.toAddress) report("", "a " + type + " rule needs 'to_address'");
+        break;
+      case table::NatType::kMasquerade:
+        if (rule.toAddress) {
+          report("to_address",
+                 "a masquerade rule takes the output interface's address; leave 'to_address' out "
+                 "(or use snat)");
+        }
+        break;
+      case table::NatType::kRedirect:
+        if (rule.toAddress) {
+          report("to_address",
+                 "a redirect rule takes the input interface's address; leave 'to_address' out "
+                 "(or use dnat)");
+        }
+        break;
+    }
+    if ((rule.type == table::NatType::kDnat || rule.type == table::NatType::kRedirect) &&
+        !rule.outInterface.empty()) {
+      report("out_interface", "a " + type +
+                                  " rule is decided before routing (as at prerouting), when the "
+                                  "output interface is not known yet");
+    }
+  }
+
+  // As nft: "transport protocol mapping is only valid after transport protocol match".
+  for (std::string_view key : {"sport", "dport", "to_port"}) {
+    if (t.get(key) == nullptr) continue;
+    if (!rule.protocol) {
+      report(key, "needs 'protocol' set to one with ports: tcp, udp, udplite, sctp or dccp");
+    } else if (!table::hasPorts(*rule.protocol)) {
+      report(key, "protocol \"" + std::string(protocolName(*rule.protocol)) +
+                      "\" has no ports; only tcp, udp, udplite, sctp and dccp have");
+    }
+  }
+
+  // One address family per rule. The keys that name one agree with the first of them in the
+  // file; the protocol (icmp, icmpv6) comes last, so a conflict with it is reported at it.
+  struct Pin {
+    std::string_view key;
+    table::L3 l3;
+    const toml::node* node;
+  };
+  std::vector<Pin> pins;
+  if (rule.family) pins.push_back({"family", *rule.family, t.get("family")});
+  if (rule.source) pins.push_back({"source", rule.source->l3, t.get("source")});
+  if (rule.destination) pins.push_back({"destination", rule.destination->l3, t.get("destination")});
+  if (rule.toAddress) pins.push_back({"to_address", rule.toAddress->l3, t.get("to_address")});
+  std::stable_sort(pins.begin(), pins.end(), [](const Pin& a, const Pin& b) {
+    const toml::source_position& pa = a.node->source().begin;
+    const toml::source_position& pb = b.node->source().begin;
+    return std::tie(pa.line, pa.column) < std::tie(pb.line, pb.column);
+  });
+  if (rule.protocol == table::proto::kIcmp || rule.protocol == table::proto::kIcmpv6) {
+    pins.push_back({"protocol",
+                    *rule.protocol == table::proto::kIcmp ? table::L3::kIpv4 : table::L3::kIpv6,
+                    t.get("protocol")});
+  }
+  auto says = [&](const Pin& p) -> std::string {  // what a key says about the family
+    if (p.key == "family")
+      return "\"" + std::string(p.l3 == table::L3::kIpv4 ? "ipv4" : "ipv6") + "\"";
+    if (p.key == "protocol")
+      return "\"" + std::string(protocolName(*rule.protocol)) + "\" is for " + familyText(p.l3);
+    return "an " + familyText(p.l3) + " address";
+  };
+  for (size_t i = 1; i < pins.size(); ++i) {
+    const Pin& first = pins.front();
+    if (pins[i].l3 == first.l3) continue;
+    const std::string firstSays =
+        first.key == "family" ? "is " + says(first) : "is " + familyText(first.l3);
+    report(pins[i].key, says(pins[i]) + ", but '" + std::string(first.key) + "' " + firstSays +
+                            " (one address family per rule)");
+  }
+  if (!pins.empty()) rule.family = pins.front().l3;
+}
+
+void readNatRules(const toml::node& value, std::string_view dottedKey, Config& config,
+                  Problems& problems) {
+  forEachTable(value, dottedKey, "rule", problems,
+               [&](const toml::table& t, const std::string& prefix) {
+                 RuleDraft draft;
+                 // Checks across keys over half-read values would only add noise.
+                 if (readTableKeys(t, prefix, kNatRuleKeys, draft, problems)) {
+                   checkNatRule(draft, t, prefix, problems);
+                 }
+                 config.tracker.nat.rules.push_back(std::move(draft.rule));
+               });
+}
+
+constexpr KeySpec kNatKeys[] = {
+    {"rule", nullptr, readNatRules},
+};
+
+// ---- [replay] -------------------------------------------------------------------------------
+
+// One interface's name: replay hands it with each packet, so a pattern makes no sense here.
+Issue readReplayInterface(const toml::node& node, std::string& out) {
+  std::string name;
+  if (Issue issue = readInterface(node, name)) return issue;
+  if (name.find('*') != std::string::npos)
+    return "\"" + printable(name) + "\" is a pattern; this names one interface";
+  out = std::move(name);
+  return std::nullopt;
+}
+
+Issue readAddressList(const toml::node& node, std::vector<table::IpAddress>& out) {
+  std::vector<table::IpAddress> addresses;
+  Issue issue = readList(node, [&](const toml::node& e) -> Issue {
+    table::IpAddress a;
+    if (Issue i = readIpAddress(e, a)) return i;
+    addresses.push_back(a);
+    return std::nullopt;
+  });
+  if (!issue) out = std::move(addresses);
+  return issue;
+}
+
+constexpr KeySpec kReplayKeys[] = {
+    {"inside",
+     [](const Node& n, Config& c) {
+       std::vector<table::Prefix> prefixes;
+       Issue issue = readList(n, [&](const toml::node& e) -> Issue {
+         table::Prefix p;
+         if (Issue i = readPrefix(e, p)) return i;
+         prefixes.push_back(p);
+         return std::nullopt;
+       });
+       if (!issue) c.replay.inside = std::move(prefixes);
+       return issue;
+     }},
+    {"in_interface",
+     [](const Node& n, Config& c) { return readReplayInterface(n, c.replay.inInterface); }},
+    {"out_interface",
+     [](const Node& n, Config& c) { return readReplayInterface(n, c.replay.outInterface); }},
+    {"out_addresses",
+     [](const Node& n, Config& c) { return readAddressList(n, c.replay.outAddresses); }},
+    {"in_addresses",
+     [](const Node& n, Config& c) { return readAddressList(n, c.replay.inAddresses); }},
+    {"drop_invalid", [](const Node& n, Config& c) { return readBool(n, c.replay.dropInvalid); }},
+};
+
+std::optional<CrossIssue> checkReplay(const Config& c) {
+  if (c.replay.inInterface != c.replay.outInterface) return std::nullopt;
+  // Reported at the key that was changed from its default (out_interface if both were).
+  if (c.replay.outInterface != ReplaySettings{}.outInterface) {
+    return CrossIssue{"out_interface", "must differ from in_interface (both \"" +
+                                           printable(c.replay.outInterface) + "\")"};
+  }
+  return CrossIssue{"in_interface", "must differ from out_interface (both \"" +
+                                        printable(c.replay.inInterface) + "\")"};
+}
+
 // ---- [control], [metrics], [log] --------------------------------------------------------------
 
 constexpr KeySpec kControlKeys[] = {
@@ -695,6 +1117,8 @@ constexpr SectionSpec kSections[] = {
     {"source", kSourceKeys, nullptr},
     {"kernel", kKernelKeys, nullptr},
     {"tracker", kTrackerKeys, checkTracker},
+    {"nat", kNatKeys, nullptr},
+    {"replay", kReplayKeys, checkReplay},
     {"control", kControlKeys, nullptr},
     {"metrics", kMetricsKeys, nullptr},
     {"log", kLogKeys, nullptr},

@@ -72,6 +72,20 @@ struct MetricsSettings {
   std::string listen;  // "ADDR:PORT" for Prometheus over HTTP; "" = off
 };
 
+// [replay]: how `ctsyncd replay` places a capture's packets on the firewall, which a capture
+// cannot tell: a packet whose source lies in `inside` arrives on `inInterface` and leaves on
+// `outInterface`; any other packet the other way. The addresses are what masquerade (on the
+// output interface) and redirect (on the input interface) find there.
+struct ReplaySettings {
+  std::vector<table::Prefix> inside;
+  std::string inInterface = "in0";
+  std::string outInterface = "out0";
+  std::vector<table::IpAddress> outAddresses;  // on outInterface
+  std::vector<table::IpAddress> inAddresses;   // on inInterface
+  // `--write` leaves out packets the tracker judged INVALID, as `ct state invalid drop` does.
+  bool dropInvalid = true;
+};
+
 struct LogSettings {
   enum class Level : uint8_t { kError, kWarning, kInfo, kDebug } level = Level::kInfo;
   enum class Target : uint8_t { kStderr, kSyslog } target = Target::kStderr;
@@ -83,7 +97,8 @@ struct Config {
   SyncSettings sync;               // [sync], [[sync.link]]
   SourceSettings source;           // [source]
   KernelSettings kernel;           // [kernel]
-  table::TrackerSettings tracker;  // [tracker]
+  table::TrackerSettings tracker;  // [tracker]; tracker.nat from [[nat.rule]]
+  ReplaySettings replay;           // [replay]
   ControlSettings control;         // [control]
   MetricsSettings metrics;         // [metrics]
   LogSettings log;                 // [log]

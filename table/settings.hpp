@@ -2,6 +2,7 @@
 // Every knob of the tracker, with the kernel's defaults (sysctl net.netfilter.nf_conntrack_*).
 #include <cstdint>
 
+#include "table/nat_rules.hpp"
 #include "table/types.hpp"
 
 namespace ctsync::table {
@@ -76,8 +77,8 @@ struct TableSettings {
   uint8_t adaptiveEnd = 0;
   // REFRESH events: an entry's expiry is announced again once it moved more than this share
   // (in percent) of the entry's timeout past what was last announced (checked in ~1.07 s
-  // steps). Only later expiries are announced: when a flow dies sooner, its DESTROY tells. Since the
-  // announced expiry is always ahead of the moving threshold, a replica that ages entries from
+  // steps). Only later expiries are announced: when a flow dies sooner, its DESTROY tells. Since
+  // the announced expiry is always ahead of the moving threshold, a replica that ages entries from
   // the last announcement never expires a flow that is still alive. 0 = no REFRESH events.
   uint8_t refreshPercent = 50;
 };
@@ -85,6 +86,7 @@ struct TableSettings {
 struct TrackerSettings {
   ProtocolSettings protocols;
   TableSettings table;
+  NatSettings nat;  // no rules: no NAT (and no NAT status bits on entries)
 };
 
 }  // namespace ctsync::table
