@@ -61,6 +61,8 @@ ConnTable::ConnTable(const TableSettings& settings, uint64_t hashSeed) : setting
   metaMemory_ = BigArray(size_t{settings_.maxEntries} * sizeof(EntryMeta));
   metas_ = static_cast<EntryMeta*>(metaMemory_.data());
   wheel_.assign(kWheelSlots, kNil);
+  srcNextMemory_ = BigArray(size_t{settings_.maxEntries} * sizeof(uint32_t));
+  srcNext_ = static_cast<uint32_t*>(srcNextMemory_.data());
 }
 
 ConnTable::~ConnTable() = default;
@@ -141,6 +143,54 @@ std::optional<uint32_t> ConnTable::allocate(const Tuple& orig, const Tuple& repl
     e.addr[0] = slot;
   }
   return idx;
+}
+
+void ConnTable::setReply(uint32_t idx, const Tuple& reply) {
+  Entry& e = entries_[idx];
+  e.port[2] = reply.sport;
+  e.port[3] = reply.dport;
+  if (e.l3 == L3::kIpv4) {
+    e.addr[2] = load32(reply.src.bytes.data());
+    e.addr[3] = load32(reply.dst.bytes.data());
+  } else {
+    v6Pool_[e.addr[0]][2] = reply.src;
+    v6Pool_[e.addr[0]][3] = reply.dst;
+  }
+}
+
+uint64_t ConnTable::sourceHash(const Tuple& orig, uint16_t zone) const {
+  uint64_t a;
+  if (orig.l3 == L3::kIpv4) {
+    a = load32(orig.src.bytes.data());
+  } else {
+    a = mum(load64(orig.src.bytes.data()) ^ seed_[1], load64(orig.src.bytes.data() + 8) ^ seed_[0]);
+  }
+  const uint64_t b = (uint64_t{orig.sport} << 32) | (uint64_t{orig.l4} << 16) | zone;
+  return mum(a ^ seed_[1], b ^ seed_[0]);
+}
+
+void ConnTable::sourceLink(uint32_t idx) {
+  if (srcHeads_.empty()) {
+    // As many heads as half the entry limit: chains stay short even when every flow is NATed.
+    const uint32_t heads = roundUpPow2(std::max<uint32_t>(settings_.maxEntries / 2, 64));
+    srcHeads_.assign(heads, kNil);
+    srcMask_ = heads - 1;
+  }
+  uint32_t& head =
+      srcHeads_[sourceHash(tuple(entries_[idx], Dir::kOriginal), entries_[idx].zone) & srcMask_];
+  srcNext_[idx] = head;
+  head = idx;
+  ++srcCount_;
+}
+
+void ConnTable::sourceUnlink(uint32_t idx) {
+  uint32_t* link =
+      &srcHeads_[sourceHash(tuple(entries_[idx], Dir::kOriginal), entries_[idx].zone) & srcMask_];
+  while (*link != kNil && *link != idx) link = &srcNext_[*link];
+  if (*link == idx) {
+    *link = srcNext_[idx];
+    --srcCount_;
+  }
 }
 
 void ConnTable::release(uint32_t idx) {
@@ -229,6 +279,7 @@ void ConnTable::confirm(uint32_t idx, Nanos timeout, Nanos now) {
     currentMin_ = kNever;
   }
   link(idx);
+  if (e.status & status::kSrcNat) sourceLink(idx);
   wheelInsert(idx);
   ++count_;
   ++counters_.inserted;
@@ -286,6 +337,7 @@ void ConnTable::destroyDetached(uint32_t idx, Nanos when) {
   entries_[idx].status |= status::kDying;
   fire(EventType::kDestroy, ev::kDestroy, idx, when);
   unlink(idx);
+  if (entries_[idx].status & status::kSrcNat) sourceUnlink(idx);
   --count_;
   release(idx);
 }
@@ -484,7 +536,8 @@ std::array<uint8_t, 16> ConnTable::labels(uint32_t idx) const {
 size_t ConnTable::memoryBytes() const {
   return size_t{settings_.maxEntries} * (sizeof(Entry) + sizeof(EntryMeta)) +
          size_t{lineMask_ + 1} * sizeof(HashLine) +
-         v6Pool_.capacity() * sizeof(std::array<Addr, 4>) + wheel_.size() * sizeof(uint32_t);
+         v6Pool_.capacity() * sizeof(std::array<Addr, 4>) + wheel_.size() * sizeof(uint32_t) +
+         (srcHeads_.empty() ? 0 : srcHeads_.size() * sizeof(uint32_t) + srcNextMemory_.bytes());
 }
 
 }  // namespace ctsync::table

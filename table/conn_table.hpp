@@ -77,7 +77,7 @@ class EventSink {
 struct TableCounters {
   uint64_t inserted = 0;
   uint64_t expired = 0;
-  uint64_t deleted = 0;          // removed before their time (destroy(): kills, evictions, GC)
+  uint64_t deleted = 0;       // removed before their time (destroy(): kills, evictions, GC)
   uint64_t earlyDropped = 0;  // entries evicted to make room
   uint64_t insertFailed = 0;  // table full and nothing evictable
   uint64_t gcDropped = 0;     // dropped by the 95 % garbage collector
@@ -156,6 +156,9 @@ class ConnTable {
                                    uint64_t origHash, Nanos now);
   // Gives back an entry from allocate() that was never confirmed. No events.
   void discard(uint32_t index);
+  // Replaces the reply tuple of an allocated entry that is not yet confirmed (NAT setup).
+  // Family and protocol stay as allocated.
+  void setReply(uint32_t index, const Tuple& reply);
   // Makes an allocated entry visible, sets its timeout and fires NEW.
   void confirm(uint32_t index, Nanos timeout, Nanos now);
   // Refreshes the entry's timeout (scaled by the adaptive policy); fires REFRESH when due.
@@ -203,6 +206,28 @@ class ConnTable {
       }
     }
   }
+
+  // The by-source index NAT keeps as the kernel's nf_nat_bysource: every confirmed entry with
+  // status::kSrcNat, keyed by its original source (address, port, protocol, zone). Calls
+  // f(index) for each entry whose original tuple has `orig`'s source, protocol and `zone`,
+  // newest first, until f returns false. `f` must not change the table.
+  template <typename F>
+  void forEachSameSource(const Tuple& orig, uint16_t zone, F&& f) const {
+    if (srcHeads_.empty()) return;
+    for (uint32_t i = srcHeads_[sourceHash(orig, zone) & srcMask_]; i != kNil; i = srcNext_[i]) {
+      const Entry& e = entries_[i];
+      if (e.l4 != orig.l4 || e.zone != zone || e.l3 != orig.l3 || e.port[0] != orig.sport) continue;
+      const bool same = e.l3 == L3::kIpv4 ? std::memcmp(&e.addr[0], orig.src.bytes.data(), 4) == 0
+                                          : v6Pool_[e.addr[0]][0] == orig.src;
+      if (same && !f(i)) return;
+    }
+  }
+  // A hint for a later forEachSameSource(orig, zone): fetches its chain head.
+  void prefetchSource(const Tuple& orig, uint16_t zone) const {
+    if (!srcHeads_.empty()) __builtin_prefetch(&srcHeads_[sourceHash(orig, zone) & srcMask_]);
+  }
+  // Entries in the by-source index (for tests and the memory benchmark).
+  uint32_t sourceIndexed() const { return srcCount_; }
 
   // Labels live in a side store: they are rare and set by rules, not by packets.
   void setLabels(uint32_t index, const std::array<uint8_t, 16>& labels);
@@ -255,6 +280,9 @@ class ConnTable {
   }
   void link(uint32_t index);
   void unlink(uint32_t index);
+  uint64_t sourceHash(const Tuple& orig, uint16_t zone) const;
+  void sourceLink(uint32_t index);
+  void sourceUnlink(uint32_t index);
   void release(uint32_t index);
   bool evict(uint64_t origHash, Nanos now);
   bool evictKernel(uint64_t origHash, Nanos now);
@@ -293,6 +321,13 @@ class ConnTable {
   std::vector<std::array<Addr, 4>> v6Pool_;
   std::vector<uint32_t> v6Free_;
   std::unordered_map<uint32_t, std::array<uint8_t, 16>> labels_;
+  // By-source index: chains of entry indexes through srcNext_ (one word per entry, pages
+  // touched only by NAT), heads allocated at the first source-NATed entry.
+  std::vector<uint32_t> srcHeads_;
+  uint32_t srcMask_ = 0;
+  uint32_t srcCount_ = 0;
+  BigArray srcNextMemory_;
+  uint32_t* srcNext_ = nullptr;
 
   std::vector<uint32_t> wheel_;  // slot heads
   uint64_t cursorTick_ = 0;      // every tick below this one has been processed

@@ -247,7 +247,7 @@ L3Result parseIpv6Header(const uint8_t* data, size_t len) {
 
 // The datagram embedded in an ICMP error, as nf_ct_get_tuplepr reads it: only its header
 // and the first bytes of its L4 header are needed, and it is usually cut short.
-InvalidReason parseInner(L3 l3, const uint8_t* p, size_t n, Tuple& out) {
+InvalidReason parseInner(L3 l3, const uint8_t* p, size_t n, Tuple& out, uint16_t& l4Off) {
   L3Result r;
   if (l3 == L3::kIpv4) {
     if (n < kIpv4MinHeader || (p[0] >> 4) != 4) return InvalidReason::kIcmpErrorBad;
@@ -263,6 +263,7 @@ InvalidReason parseInner(L3 l3, const uint8_t* p, size_t n, Tuple& out) {
   }
   setAddrs(out, l3, p);
   out.l4 = r.proto;
+  l4Off = static_cast<uint16_t>(r.l4Off);
   const uint8_t* l4 = p + r.l4Off;
   const size_t l4Len = n - r.l4Off;
   if (usesPorts(r.proto)) {
@@ -347,7 +348,7 @@ InvalidReason parseL4(L3 l3, const uint8_t* ip, uint8_t proto, Packet& pkt,
       if (!error) return InvalidReason::kNone;
       pkt.icmpError = true;
       pkt.inner = Tuple{};
-      return parseInner(l3, l4 + kIcmpHeader, l4Len - kIcmpHeader, pkt.inner);
+      return parseInner(l3, l4 + kIcmpHeader, l4Len - kIcmpHeader, pkt.inner, pkt.innerL4);
     }
     default:
       return InvalidReason::kNone;  // generic tracker: no ports

@@ -27,6 +27,7 @@ struct Packet {
   // inverted. l4 still points at the outer ICMP header.
   bool icmpError = false;
   Tuple inner;
+  uint16_t innerL4 = 0;  // ICMP errors: where the embedded L4 header starts, from its IP header
 };
 
 enum class ParseKind : uint8_t {

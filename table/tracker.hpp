@@ -4,8 +4,10 @@
 #include <array>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "table/conn_table.hpp"
+#include "table/nat.hpp"
 #include "table/packet.hpp"
 #include "table/reassembly.hpp"
 #include "table/settings.hpp"
@@ -25,7 +27,12 @@ struct Verdict {
   CtState state = CtState::kInvalid;
   Dir dir = Dir::kOriginal;
   InvalidReason reason = InvalidReason::kNone;
-  uint32_t index = kNil;  // the entry, for kNew/kEstablished/kRelated (kNil if it was killed)
+  uint32_t index = kNil;   // the entry, for kNew/kEstablished/kRelated (kNil if it was killed)
+  bool rewritten = false;  // NAT changed the packet's bytes (mutable packets only)
+  // A fragment that completed its datagram: the whole datagram, tracked and (for mutable
+  // packets) rewritten, in the tracker's memory until the next process*() call. The kernel
+  // would send this datagram on, fragmented again to fit the link. Empty otherwise.
+  std::span<uint8_t> datagram;
 };
 
 struct TrackerCounters {
@@ -43,24 +50,40 @@ struct RawPacket {
   uint32_t len;
 };
 
+// One IP datagram the tracker may rewrite (NAT), with what the caller knows about it.
+struct MutablePacket {
+  uint8_t* data;
+  uint32_t len;
+  const PacketContext* context = nullptr;  // null: no interfaces, zone 0
+};
+
 class Tracker {
  public:
   static constexpr size_t kMaxBatch = 32;
 
-  Tracker(const TrackerSettings& settings, uint64_t hashSeed);
+  // `addresses` (not owned, may be null) answers masquerade and redirect; see nat.hpp.
+  Tracker(const TrackerSettings& settings, uint64_t hashSeed,
+          const InterfaceAddresses* addresses = nullptr);
 
   // Not owned; may be null.
   void setEventSink(EventSink* sink) { table_.setEventSink(sink); }
 
   // Tracks one IP datagram seen at `now` (times going backwards are treated as `now` = the
-  // latest time seen). Entries that expired by `now` are destroyed first.
+  // latest time seen). Entries that expired by `now` are destroyed first. New entries get
+  // their NAT mapping from the rules as usual, but the packet is not rewritten.
   Verdict process(const uint8_t* data, size_t len, Nanos now, uint16_t zone = 0);
+
+  // The same, and NAT rewrites the packet in place (addresses, ports or ids, checksums; ICMP
+  // errors inside too). `context` gives the interfaces the rules match and the zone.
+  Verdict process(uint8_t* data, size_t len, Nanos now, const PacketContext& context);
 
   // Same result as calling process() for each packet in order, but parses, hashes and
   // prefetches packets ahead of tracking them, so that table misses overlap. `out` must be at
   // least as long as `pkts`. All packets are taken to arrive at `now`.
   void processBatch(std::span<const RawPacket> pkts, Nanos now, std::span<Verdict> out,
                     uint16_t zone = 0);
+  // The batch form of process(mutable): each packet rewritten in place.
+  void processBatch(std::span<const MutablePacket> pkts, Nanos now, std::span<Verdict> out);
 
   // Moves time forward without a packet: expiry and reassembly timeouts.
   void advance(Nanos now);
@@ -69,14 +92,21 @@ class Tracker {
   const ConnTable& table() const { return table_; }
   const TrackerCounters& counters() const { return counters_; }
   const ReassemblyCounters& reassemblyCounters() const { return reassembler_.counters(); }
+  const NatCounters& natCounters() const { return nat_.counters(); }
   const TrackerSettings& settings() const { return settings_; }
 
  private:
-  Verdict track(const uint8_t* data, size_t len, ParseResult& parsed, uint64_t hash, bool hashed,
-                Nanos now, uint16_t zone);
-  Verdict related(const Packet& p, Nanos now, uint16_t zone);
-  Verdict create(const Packet& p, uint64_t hash, Nanos now, uint16_t zone);
-  Verdict update(const Packet& p, ConnTable::Hit hit, uint64_t hash, Nanos now, uint16_t zone);
+  // `writable` is the packet's own bytes when NAT may rewrite them, else null; `slot` says
+  // where in the batch a completed datagram is kept.
+  Verdict track(const uint8_t* data, size_t len, uint8_t* writable, ParseResult& parsed,
+                uint64_t hash, bool hashed, Nanos now, const PacketContext& ctx, size_t slot);
+  Verdict related(const Packet& p, uint8_t* writable, uint16_t zone);
+  Verdict create(const Packet& p, uint8_t* writable, uint64_t hash, Nanos now,
+                 const PacketContext& ctx);
+  Verdict update(const Packet& p, uint8_t* writable, ConnTable::Hit hit, uint64_t hash, Nanos now,
+                 const PacketContext& ctx);
+  template <typename P, typename Ctx>
+  void pipeline(std::span<const P> pkts, Nanos now, std::span<Verdict> out, Ctx&& ctxOf);
   L4Outcome l4Packet(uint32_t index, Dir dir, const Packet& p, Nanos now);
   Verdict invalid(InvalidReason r);
   Nanos clampTime(Nanos now);
@@ -85,11 +115,13 @@ class Tracker {
   ParseOptions parseOptions_;
   ConnTable table_;
   Reassembler reassembler_;
+  Nat nat_;
   TrackerCounters counters_;
   Nanos lastNow_ = 0;
   // Batch scratch, kept between calls so a batch does not re-initialise it.
   std::array<ParseResult, kMaxBatch> batchParsed_;
   std::array<uint64_t, kMaxBatch> batchHashes_{};
+  std::vector<std::vector<uint8_t>> wholeDatagrams_;  // per batch position, see Verdict
 };
 
 }  // namespace ctsync::table

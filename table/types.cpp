@@ -40,6 +40,12 @@ const char* invalidReasonName(InvalidReason r) {
       return "icmp_error_malformed";
     case InvalidReason::kTableFull:
       return "table_full";
+    case InvalidReason::kNatExhausted:
+      return "nat_exhausted";
+    case InvalidReason::kNatNoAddress:
+      return "nat_no_address";
+    case InvalidReason::kNatIcmpRedirect:
+      return "nat_icmp_redirect";
     case InvalidReason::kCount:
       break;
   }

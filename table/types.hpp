@@ -66,6 +66,9 @@ enum class InvalidReason : uint8_t {
   kIcmpErrorNoMatch,  // ICMP error whose inner packet matches no entry
   kIcmpErrorBad,      // ICMP error whose inner header is unusable
   kTableFull,         // no room and nothing could be evicted
+  kNatExhausted,      // NAT found no unique mapping in the rule's range (dropped)
+  kNatNoAddress,      // masquerade or redirect: the interface has no address (dropped)
+  kNatIcmpRedirect,   // an ICMP redirect about a NATed flow (dropped, as the kernel does)
   kCount
 };
 const char* invalidReasonName(InvalidReason r);
