@@ -25,7 +25,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: ctsyncd --config FILE.toml [--check]   run the daemon (--check: validate and exit)\n"
     "       ctsyncd replay FILE.pcap [--events] [--json] [--counters] [--stats] "
-    "[--config FILE.toml]\n"
+    "[--config FILE.toml] [--write OUT.pcap]\n"
     "       ctsyncd --help | --version\n";
 
 int daemonMain(const std::string& configPath, bool checkOnly) {
@@ -85,14 +85,17 @@ int daemonMain(const std::string& configPath, bool checkOnly) {
 
 int replayMain(int argc, char** argv) {
   ctsync::syncd::ReplayOptions options;
-  std::string config;
+  std::string config, write;
   po::options_description desc("replay options");
   desc.add_options()("help,h", "show this help")("events", po::bool_switch(&options.events),
                                                  "print each event when it happens")(
       "json", po::bool_switch(&options.json), "JSON lines instead of conntrack text")(
       "counters", po::bool_switch(&options.counters), "print packets= and bytes=")(
       "stats", po::bool_switch(&options.stats), "print a summary on stderr")(
-      "config", po::value<std::string>(&config), "TOML config ([tracker] section)")(
+      "config", po::value<std::string>(&config), "TOML config ([tracker], [[nat.rule]], [replay])")(
+      "write", po::value<std::string>(&write),
+      "write the packets as the firewall would send them (rewritten, TTL decremented, "
+      "dropped ones left out) to this capture file")(
       "pcap", po::value<std::string>(&options.pcapPath), "capture file");
   po::positional_options_description pos;
   pos.add("pcap", 1);
@@ -113,6 +116,7 @@ int replayMain(int argc, char** argv) {
     return 2;
   }
   if (!config.empty()) options.configPath = config;
+  if (!write.empty()) options.writePath = write;
   return ctsync::syncd::runReplay(options, std::cout, std::cerr);
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "syncd/pcap_reader.hpp"
+#include "tests/support/checksum_check.hpp"
 #include "tests/support/packet_builder.hpp"
 
 namespace ctsync::syncd {
@@ -179,6 +180,167 @@ TEST(ReplayTest, ConfigChangesTrackerBehaviour) {
   EXPECT_TRUE(out2.str().empty());
   std::filesystem::remove(cfg);
   std::filesystem::remove(pcap);
+}
+
+std::vector<std::vector<uint8_t>> readAll(const std::string& path, int* linkType = nullptr) {
+  auto opened = PcapReader::open(path);
+  EXPECT_TRUE(std::holds_alternative<PcapReader>(opened));
+  std::vector<std::vector<uint8_t>> out;
+  if (!std::holds_alternative<PcapReader>(opened)) return out;
+  PcapReader& r = std::get<PcapReader>(opened);
+  if (linkType != nullptr) *linkType = r.linkType();
+  while (auto f = r.next()) out.emplace_back(f->ip, f->ip + f->len);
+  return out;
+}
+
+class ReplayNatTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto dir = std::filesystem::temp_directory_path();
+    const std::string tag = std::to_string(::getpid());
+    cfg_ = (dir / ("ctsync-nat-" + tag + ".toml")).string();
+    out_ = (dir / ("ctsync-nat-out-" + tag + ".pcap")).string();
+  }
+  void TearDown() override {
+    std::filesystem::remove(cfg_);
+    std::filesystem::remove(out_);
+    if (!in_.empty()) std::filesystem::remove(in_);
+  }
+  int replay(const std::string& toml, const std::vector<Pkt>& pkts, std::string& err) {
+    std::ofstream(cfg_) << toml;
+    in_ = writePcap("nat-in.pcap", DLT_EN10MB, pkts);
+    ReplayOptions o;
+    o.pcapPath = in_;
+    o.configPath = cfg_;
+    o.writePath = out_;
+    o.stats = true;
+    o.events = true;
+    std::ostringstream out, e;
+    const int rc = runReplay(o, out, e);
+    err = e.str();
+    table_ = out.str();
+    return rc;
+  }
+  std::string cfg_, out_, in_, table_;
+};
+
+const char* kMasquerade = R"(
+[[nat.rule]]
+type = "masquerade"
+out_interface = "wan0"
+
+[replay]
+inside = ["10.231.1.0/24"]
+in_interface = "lan0"
+out_interface = "wan0"
+out_addresses = ["10.231.2.1"]
+)";
+
+TEST_F(ReplayNatTest, WritesPacketsAsTheFirewallSendsThem) {
+  const uint32_t wan = v4(10, 231, 2, 1);
+  const auto syn = ipv4Tcp(kClient, kServer, 40000, 80, {tcpf::kSyn, 1000, 0});
+  const auto synack = ipv4Tcp(kServer, wan, 80, 40000, {tcpf::kSyn | tcpf::kAck, 5000, 1001});
+  const auto bogus = ipv4Tcp(kServer, wan, 80, 40000, {tcpf::kFin, 9, 9});  // a bare FIN: invalid
+  const auto ack = ipv4Tcp(kClient, kServer, 40000, 80, {tcpf::kAck, 1001, 5001});
+  std::string err;
+  ASSERT_EQ(replay(kMasquerade,
+                   {{1, 0, ethernet(syn)},
+                    {1, 1, ethernet(synack)},
+                    {1, 2, ethernet(bogus)},
+                    {1, 3, ethernet(ack)}},
+                   err),
+            0)
+      << err;
+  int lt = 0;
+  const auto sent = readAll(out_, &lt);
+  EXPECT_EQ(lt, DLT_RAW);
+  ASSERT_EQ(sent.size(), 3u) << err;  // the invalid packet is left out
+  for (const auto& p : sent) EXPECT_EQ(ctsync::testing::checksumProblems(p), "");
+  // Translated, and one hop older.
+  EXPECT_EQ(sent[0][8], 63);
+  EXPECT_EQ(std::vector<uint8_t>(sent[0].begin() + 12, sent[0].begin() + 16),
+            (std::vector<uint8_t>{10, 231, 2, 1}));
+  EXPECT_EQ(std::vector<uint8_t>(sent[1].begin() + 16, sent[1].begin() + 20),
+            (std::vector<uint8_t>{10, 231, 1, 2}));
+  EXPECT_NE(table_.find("src=10.231.2.2 dst=10.231.2.1 sport=80 dport=40000"), std::string::npos)
+      << table_;
+  EXPECT_NE(err.find("nat: 1 flows source-translated"), std::string::npos) << err;
+  EXPECT_NE(err.find("written: 3 packets"), std::string::npos) << err;
+}
+
+TEST_F(ReplayNatTest, ExhaustedFlowsAreDroppedAndCountedAsNewBeforeNat) {
+  const std::string toml = R"(
+[[nat.rule]]
+type = "snat"
+protocol = "udp"
+to_address = "10.231.2.100"
+to_port = "1000-1001"
+
+[replay]
+inside = ["10.231.1.0/24"]
+)";
+  std::vector<Pkt> pkts;
+  for (uint16_t i = 0; i < 3; ++i) {
+    pkts.push_back(
+        {2, i, ethernet(ipv4Udp(kClient, kServer, static_cast<uint16_t>(5000 + i), 53))});
+  }
+  std::string err;
+  ASSERT_EQ(replay(toml, pkts, err), 0) << err;
+  EXPECT_EQ(readAll(out_).size(), 2u);
+  EXPECT_NE(err.find("ctstate new=3 "), std::string::npos) << err;
+  EXPECT_NE(err.find("nat_dropped=1"), std::string::npos) << err;
+  EXPECT_NE(err.find("nat_exhausted=1"), std::string::npos) << err;
+}
+
+TEST_F(ReplayNatTest, KeepsInvalidPacketsWhenAskedAndDropsExpiredTtl) {
+  std::string toml = kMasquerade;
+  toml += "drop_invalid = false\n";
+  auto lastHop = ipv4Udp(kClient, kServer, 5000, 53);
+  lastHop[8] = 1;
+  put16(&lastHop[10], 0);
+  put16(&lastHop[10], fold(sum16(lastHop.data(), 20)));
+  const auto stray = ipv4Tcp(kServer, kClient, 80, 1, {tcpf::kFin, 1, 1});  // invalid flags
+  std::string err;
+  ASSERT_EQ(replay(toml, {{1, 0, ethernet(stray)}, {1, 1, ethernet(lastHop)}}, err), 0) << err;
+  const auto sent = readAll(out_);
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_EQ(sent[0][9], 6);  // the stray TCP packet, passed on untranslated
+  EXPECT_NE(err.find("TTL or hop limit ran out"), std::string::npos) << err;
+}
+
+TEST_F(ReplayNatTest, UnwritableOutputIsStatusTwo) {
+  std::ofstream(cfg_) << kMasquerade;
+  in_ = writePcap("nat-in.pcap", DLT_EN10MB, {});
+  ReplayOptions o;
+  o.pcapPath = in_;
+  o.configPath = cfg_;
+  o.writePath = "/nonexistent/dir/out.pcap";
+  std::ostringstream out, e;
+  EXPECT_EQ(runReplay(o, out, e), 2);
+  EXPECT_NE(e.str().find("/nonexistent/dir/out.pcap"), std::string::npos) << e.str();
+}
+
+TEST(ReplayForward, TtlDecrementKeepsTheHeaderChecksumRightForEveryStartingValue) {
+  // ip_decrease_ttl's incremental update against a full recomputation, over every id (so the
+  // header checksum takes every value it can).
+  for (uint32_t id = 0; id < 65536; ++id) {
+    auto p = ipv4Udp(kClient, kServer, 1, 2);
+    put16(&p[4], static_cast<uint16_t>(id));
+    put16(&p[10], 0);
+    put16(&p[10], fold(sum16(p.data(), 20)));
+    ASSERT_TRUE(forwardHop(p.data()));
+    ASSERT_EQ(p[8], 63);
+    auto full = p;
+    put16(&full[10], 0);
+    put16(&full[10], fold(sum16(full.data(), 20)));
+    ASSERT_EQ(p[10], full[10]) << "id " << id;
+    ASSERT_EQ(p[11], full[11]) << "id " << id;
+  }
+  auto six = ipv6Udp(v6(2, 1), v6(2, 2), 1, 2);
+  ASSERT_TRUE(forwardHop(six.data()));
+  EXPECT_EQ(six[7], 63);
+  six[7] = 1;
+  EXPECT_FALSE(forwardHop(six.data()));
 }
 
 }  // namespace
