@@ -159,6 +159,9 @@ std::string formatEntryJson(const ConnTable& table, uint32_t index, Nanos now, c
   flag(status::kConfirmed, "confirmed");
   flag(status::kSrcNat, "src_nat");
   flag(status::kDstNat, "dst_nat");
+  flag(status::kSeqAdjust, "seq_adjust");
+  flag(status::kSrcNatDone, "src_nat_done");
+  flag(status::kDstNatDone, "dst_nat_done");
   flag(status::kDying, "dying");
   out += "]";
   appendf(out, ",\"mark\":%u,\"zone\":%u", table.meta(index).mark, static_cast<unsigned>(e.zone));
