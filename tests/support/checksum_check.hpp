@@ -57,8 +57,9 @@ inline std::string checksumProblems(const uint8_t* p, size_t len, bool inner = f
       if (!sumsToZero(sum16(l4, l4len, pseudo))) return "UDP checksum";
       break;
     case 136:
+      // Summed with protocol 17 in the pseudo header, as Linux conntrack checks UDP-Lite.
       if (get16(l4 + 6) == 0) return "zero UDP-Lite checksum";
-      if (!sumsToZero(sum16(l4, l4len, pseudo))) return "UDP-Lite checksum";
+      if (!sumsToZero(sum16(l4, l4len, pseudo - 136 + 17))) return "UDP-Lite checksum";
       break;
     case 1:
     case 58: {

@@ -2,6 +2,7 @@
 // correct checksums (checked by a full recomputation written in the tests).
 #include "table/nat.hpp"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -441,6 +442,57 @@ TEST_F(NatTest, ARangeChoiceDependsOnlyOnTheAddressesNotOnTheTable) {
   EXPECT_EQ(tupleOf(a).src, tupleOf(b).src);
 }
 
+TEST(NatHash, AddressChoiceInARangeIsTheKernels) {
+  // What Linux 6.18 chose (tests/diff nat_snat_addr_range and nat6_snat_addr_range, recorded
+  // with conntrack -L): SNAT to 10.231.2.10-13 / fd00:231:2::10-13, flows to one server.
+  struct Case {
+    L3 l3;
+    const char* src;
+    uint16_t sport;
+    const char* expect;
+  };
+  const Case cases[] = {
+      {L3::kIpv4, "10.231.1.2", 50000, "10.231.2.10"},
+      {L3::kIpv4, "10.231.1.3", 50001, "10.231.2.12"},
+      {L3::kIpv4, "10.231.1.4", 50002, "10.231.2.11"},
+      {L3::kIpv6, "fd00:231:1::2", 50000, "fd00:231:2::12"},
+      {L3::kIpv6, "fd00:231:1::3", 50001, "fd00:231:2::12"},
+      {L3::kIpv6, "fd00:231:1::4", 50002, "fd00:231:2::10"},
+  };
+  auto parse = [](L3 l3, const char* text) {
+    Addr a;
+    inet_pton(l3 == L3::kIpv4 ? AF_INET : AF_INET6, text, a.bytes.data());
+    return a;
+  };
+  for (const Case& c : cases) {
+    NatRule r;
+    r.type = NatType::kSnat;
+    r.family = c.l3;
+    r.toAddress =
+        c.l3 == L3::kIpv4
+            ? AddrRange{L3::kIpv4, parse(c.l3, "10.231.2.10"), parse(c.l3, "10.231.2.13")}
+            : AddrRange{L3::kIpv6, parse(c.l3, "fd00:231:2::10"), parse(c.l3, "fd00:231:2::13")};
+    TrackerSettings s;
+    s.nat.rules = {r};
+    Tracker t(s, 1);
+    const Addr src = parse(c.l3, c.src);
+    std::vector<uint8_t> p;
+    if (c.l3 == L3::kIpv4) {
+      p = ipv4Udp(src.v4HostOrder(), v4(10, 231, 2, 2), c.sport, 53);
+    } else {
+      Addr6 s6, d6;
+      std::memcpy(s6.b, src.bytes.data(), 16);
+      const Addr d = parse(c.l3, "fd00:231:2::2");
+      std::memcpy(d6.b, d.bytes.data(), 16);
+      p = ipv6Udp(s6, d6, c.sport, 53);
+    }
+    const Verdict v = t.process(p.data(), p.size(), kT0, PacketContext{"trkc", "trks", 0});
+    ASSERT_EQ(v.state, CtState::kNew);
+    const Tuple reply = t.table().tuple(t.table().entry(v.index), Dir::kReply);
+    EXPECT_EQ(formatAddr(c.l3, reply.dst), c.expect) << c.src;
+  }
+}
+
 TEST(NatHash, Jhash2IsLookup3Hashword) {
   // lookup3.c's own check values for empty input (initval only, no mixing).
   EXPECT_EQ(jhash2(nullptr, 0, 0), 0xdeadbeefu);
@@ -831,10 +883,10 @@ TEST_F(NatTest, UdpLiteAndGenericProtocols) {
   start({masquerade()});
   auto lite = ipv4(kClient, kServer, proto::kUdplite, udpDatagram(5000, 53, 12), 6);
   lite[24] = 0;
-  lite[25] = 0;  // coverage 0: the whole datagram
+  lite[25] = 0;  // coverage 0: the whole datagram; summed with protocol 17 as conntrack checks
   put16(&lite[26], 0);
   put16(&lite[26], fold(sum16(&lite[20], lite.size() - 20,
-                              sum16(&lite[12], 8) + proto::kUdplite + (lite.size() - 20))));
+                              sum16(&lite[12], 8) + proto::kUdp + (lite.size() - 20))));
   ASSERT_EQ(checksumProblems(lite), "");
   ASSERT_EQ(out(lite).state, CtState::kNew);
   EXPECT_EQ(tupleOf(lite).src, a4(kWan));

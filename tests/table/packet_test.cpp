@@ -57,7 +57,8 @@ void fixL4Checksum(Bytes& pkt, bool v6, size_t l4Off, size_t l4Len, uint8_t prot
   uint64_t acc = 0;
   if (proto != proto::kIcmp) {
     acc = v6 ? sum(pkt.data() + 8, 32) : sum(pkt.data() + 12, 8);
-    acc += l4Len + proto;
+    // UDP-Lite is summed with protocol 17, as Linux conntrack checks it (see packet.cpp).
+    acc += l4Len + (proto == proto::kUdplite ? proto::kUdp : proto);
   }
   const size_t n = coverage != 0 ? coverage : l4Len;
   uint16_t c = finish(sum(pkt.data() + l4Off, n, acc));
@@ -345,6 +346,15 @@ TEST(PacketTest, UdpLiteCoverage) {
     return p;
   };
   EXPECT_EQ(parse(lite(0, 12)).kind, ParseKind::kPacket);
+  {
+    // Summed as RFC 3828 says (protocol 136 in the pseudo header): Linux conntrack, which
+    // sums with 17, calls it a bad checksum, and so does the parser.
+    Bytes rfc = lite(0, 12);
+    put16(rfc, 26, 0);
+    const uint64_t acc = sum(rfc.data() + 12, 8) + (rfc.size() - 20) + proto::kUdplite;
+    put16(rfc, 26, finish(sum(rfc.data() + 20, rfc.size() - 20, acc)));
+    EXPECT_EQ(parse(rfc).reason, InvalidReason::kBadL4Checksum);
+  }
   EXPECT_EQ(parse(lite(8, 12)).kind, ParseKind::kPacket);
   EXPECT_EQ(parse(lite(13, 12)).kind, ParseKind::kPacket);
   EXPECT_EQ(parse(lite(20, 12)).kind, ParseKind::kPacket);
