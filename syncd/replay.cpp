@@ -95,6 +95,21 @@ size_t ipLength(const uint8_t* ip, size_t len) {
   return std::min(n, len);
 }
 
+// After NAT, a datagram for one of the firewall's own addresses (a redirect's target, say) is
+// delivered to the firewall itself, not forwarded.
+bool forLocalDelivery(const conf::ReplaySettings& r, const uint8_t* ip, size_t len) {
+  table::IpAddress dst;
+  if ((ip[0] >> 4) == 4 && len >= 20) {
+    dst = {table::L3::kIpv4, table::Addr::fromBytes(ip + 16, 4)};
+  } else if ((ip[0] >> 4) == 6 && len >= 40) {
+    dst = {table::L3::kIpv6, table::Addr::fromBytes(ip + 24, 16)};
+  } else {
+    return false;
+  }
+  return std::find(r.inAddresses.begin(), r.inAddresses.end(), dst) != r.inAddresses.end() ||
+         std::find(r.outAddresses.begin(), r.outAddresses.end(), dst) != r.outAddresses.end();
+}
+
 bool natDrop(table::InvalidReason r) {
   return r == table::InvalidReason::kNatExhausted || r == table::InvalidReason::kNatNoAddress ||
          r == table::InvalidReason::kNatIcmpRedirect;
@@ -169,7 +184,7 @@ int runReplay(const ReplayOptions& options, std::ostream& out, std::ostream& err
   if (options.events) tracker.setEventSink(&sink);
 
   table::Nanos last = 0;
-  uint64_t frames = 0, natDropped = 0, natDroppedNew = 0, ttlExpired = 0;
+  uint64_t frames = 0, natDropped = 0, natDroppedNew = 0, ttlExpired = 0, local = 0;
   std::vector<uint8_t> packet;
   while (auto frame = reader.next()) {
     ++frames;
@@ -191,6 +206,10 @@ int runReplay(const ReplayOptions& options, std::ostream& out, std::ostream& err
     uint8_t* sent = v.datagram.empty() ? packet.data() : v.datagram.data();
     const size_t len =
         v.datagram.empty() ? ipLength(packet.data(), packet.size()) : v.datagram.size();
+    if (forLocalDelivery(placing, sent, len)) {
+      ++local;
+      continue;
+    }
     if (len < 20 || !forwardHop(sent)) {
       ++ttlExpired;
       continue;
@@ -243,6 +262,7 @@ int runReplay(const ReplayOptions& options, std::ostream& out, std::ostream& err
     if (writer) {
       err << "written: " << writer->written() << " packets to " << *options.writePath;
       if (ttlExpired != 0) err << " (" << ttlExpired << " left out: TTL or hop limit ran out)";
+      if (local != 0) err << " (" << local << " delivered to the firewall itself, not sent on)";
       err << '\n';
     }
     // Packets per ct state, comparable with nft `ct state X counter` in a forwarding chain.

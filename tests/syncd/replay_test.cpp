@@ -308,6 +308,28 @@ TEST_F(ReplayNatTest, KeepsInvalidPacketsWhenAskedAndDropsExpiredTtl) {
   EXPECT_NE(err.find("TTL or hop limit ran out"), std::string::npos) << err;
 }
 
+TEST_F(ReplayNatTest, RedirectedPacketsAreDeliveredLocallyNotWritten) {
+  const std::string toml = R"(
+[[nat.rule]]
+type = "redirect"
+protocol = "tcp"
+dport = 80
+to_port = 3128
+
+[replay]
+inside = ["10.231.1.0/24"]
+in_addresses = ["10.231.1.1"]
+)";
+  const auto syn = ipv4Tcp(kClient, kServer, 40000, 80, {tcpf::kSyn, 1000, 0});
+  const auto other = ipv4Tcp(kClient, kServer, 40001, 443, {tcpf::kSyn, 1000, 0});
+  std::string err;
+  ASSERT_EQ(replay(toml, {{1, 0, ethernet(syn)}, {1, 1, ethernet(other)}}, err), 0) << err;
+  EXPECT_EQ(readAll(out_).size(), 1u);  // only the port-443 flow is forwarded
+  EXPECT_NE(err.find("1 delivered to the firewall itself"), std::string::npos) << err;
+  EXPECT_NE(table_.find("src=10.231.1.1 dst=10.231.1.2 sport=3128 dport=40000"), std::string::npos)
+      << table_;
+}
+
 TEST_F(ReplayNatTest, UnwritableOutputIsStatusTwo) {
   std::ofstream(cfg_) << kMasquerade;
   in_ = writePcap("nat-in.pcap", DLT_EN10MB, {});
