@@ -27,8 +27,9 @@ test_packages=(
   libgtest-dev
   # the datagram decoder's fuzzer (libFuzzer with ASan/UBSan)
   clang-14 libclang-rt-14-dev
-  # differential tests against the kernel: namespaces, replay, conntrack, packet crafting
-  iproute2 nftables conntrack tcpreplay ethtool python3 python3-scapy
+  # differential tests against the kernel: namespaces, replay, conntrack, packet crafting,
+  # capturing what the kernel forwards (NAT scenarios)
+  iproute2 nftables conntrack tcpreplay ethtool python3 python3-scapy tcpdump
   # system tests and benchmarks: VRRP, gratuitous ARP, the daemon we compare with
   keepalived iputils-arping conntrackd
 )

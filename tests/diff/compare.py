@@ -14,6 +14,10 @@ Compared: table entries (keyed by family, protocol and original tuple): state, f
 order: type, state (when either side prints one), both tuples, flags, mark/zone when printed,
 timeout within ±tolerance when both print one. Ignored: id=, use=, timestamps, counters.
 
+NAT scenarios (compare_nat): the reply-tuple fields the kernel chose at random (nat_rules.Random)
+are checked by property (range, one value per flow, groups, unique live reply tuples, persistent
+addresses) and masked as <random> before the comparison above.
+
 CLI: compare.py --kernel-events F --kernel-table F --ours F [--tolerance 2]   (exit 1 on diff)
 """
 
@@ -227,6 +231,134 @@ def compare(kernel_events: str, kernel_table: str, ours: str, tol: int = 2,
     if events:
         out += compare_events(kev, oev, tol)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# NAT scenarios: fields the kernel chooses at random
+# ---------------------------------------------------------------------------------------------
+RANDOM_MASK = "<random>"
+
+
+def _rand_value(r: Record, spec) -> int | None:
+    v = dict(r.reply).get(spec.key())
+    return int(v) if v is not None and v.isdigit() else None
+
+
+def _mask(r: Record, key: str) -> Record:
+    rep = tuple((k, RANDOM_MASK if k == key else v) for k, v in r.reply)
+    return Record(kind=r.kind, l3=r.l3, l4=r.l4, l4num=r.l4num, timeout=r.timeout, state=r.state,
+                  orig=r.orig, reply=rep, flags=r.flags, extra=r.extra, line=r.line)
+
+
+def _l4num(name: str) -> int:
+    return {"tcp": 6, "udp": 17, "udplite": 136, "icmp": 1, "icmpv6": 58, "sctp": 132,
+            "dccp": 33, "gre": 47}.get(name, -1)
+
+
+def random_checks(kern: list[Record], ours: list[Record], specs, same_address=()):
+    """Check the random NAT choices by property and return (diffs, masked kernel records, masked
+    ours records, mappings for the packet comparison).
+
+    For each random flow: the kernel used one value (else the scenario is wrong); ours has the
+    flow, used one value in all its events and its table entry, within the range; flows of one
+    group share the value on both sides. Then the value is masked in both. Besides: no two live
+    entries of ours share a reply tuple (the kernel guarantees unique reply tuples), and all of
+    ours' flows from a source in same_address are translated to one address."""
+    from compare_packets import Mapping  # noqa: PLC0415 (compare.py works without it otherwise)
+    diffs, maps = [], []
+    kern, ours = list(kern), list(ours)
+    groups: dict[str, dict[str, set]] = {}
+    for spec in specs:
+        key = spec.key()
+        kv, ov = set(), set()
+        orec = None
+        for recs, vals, who in ((kern, kv, "kernel"), (ours, ov, "ours")):
+            for i, r in enumerate(recs):
+                if spec.matches(r.l4, dict(r.orig)):
+                    v = _rand_value(r, spec)
+                    if v is not None:
+                        vals.add(v)
+                        if who == "ours":
+                            orec = r
+                    recs[i] = _mask(r, key)
+        what = spec.describe()
+        if len(kv) != 1:
+            diffs.append(f"random: {what}: the kernel's records have {len(kv)} values "
+                         f"{sorted(kv)} (test problem: a random flow must have exactly one)")
+            continue
+        (k,) = kv
+        if not ov:
+            diffs.append(f"random: {what}: ours has no record of this flow (kernel chose {k})")
+            continue
+        if len(ov) > 1:
+            diffs.append(f"random: {what}: ours used several values {sorted(ov)} for one flow "
+                         f"(a mapping must not change)")
+        for o in sorted(ov):
+            if not spec.lo <= o <= spec.hi:
+                diffs.append(f"random: {what}: ours chose {o}, outside {spec.lo}-{spec.hi}")
+        g = getattr(spec, "group", None)
+        if g:
+            groups.setdefault(g, {"kernel": set(), "ours": set()})
+            groups[g]["kernel"] |= kv
+            groups[g]["ours"] |= ov
+        o = min(ov)
+        rep = dict(orec.reply)
+        if spec.proto in ("icmp", "icmpv6"):
+            maps.append(Mapping(_l4num(spec.proto), rep.get("dst"), rep.get("src"), None, o, k,
+                                what))
+        elif spec.field == "reply.dport":
+            maps.append(Mapping(_l4num(spec.proto), rep.get("dst"), rep.get("src"),
+                                int(rep.get("sport", -1)), o, k, what))
+        else:
+            maps.append(Mapping(_l4num(spec.proto), rep.get("src"), rep.get("dst"),
+                                int(rep.get("dport", -1)), o, k, what))
+    for g, sides in groups.items():
+        for who in ("kernel", "ours"):
+            if len(sides[who]) > 1:
+                diffs.append(f"random: group {g}: {who} used different values "
+                             f"{sorted(sides[who])} where one mapping must be reused "
+                             f"(same source address, port and protocol)")
+    # unique reply tuples among ours' live entries (events in order, then the table)
+    live: dict[tuple, tuple] = {}
+    for r in ours:
+        if r.kind == "table":
+            continue
+        k = (r.l3, r.l4num, r.reply, dict(r.extra).get("zone", "0"))
+        if r.kind == "NEW":
+            if k in live and live[k] != r.orig:
+                diffs.append(f"random: ours created an entry whose reply tuple a live entry "
+                             f"already has: {r.norm()}")
+            live[k] = r.orig
+        elif r.kind == "DESTROY":
+            live.pop(k, None)
+    seen: dict[tuple, Record] = {}
+    for r in ours:
+        if r.kind != "table":
+            continue
+        k = (r.l3, r.l4num, r.reply, r.zone())
+        if k in seen and RANDOM_MASK not in str(r.reply):
+            diffs.append(f"random: two entries of ours share a reply tuple: {r.norm()}")
+        seen[k] = r
+    for src in same_address:
+        addrs = {dict(r.reply).get("dst") for r in ours if dict(r.orig).get("src") == src}
+        if len(addrs) > 1:
+            diffs.append(f"persistent: ours translated {src} to several addresses "
+                         f"{sorted(a for a in addrs if a)}; persistent means one")
+    return diffs, kern, ours, maps
+
+
+def compare_nat(kernel_events: str, kernel_table: str, ours: str, tol: int = 2, specs=(),
+                same_address=()):
+    """compare() for a NAT scenario: random fields checked by property, then masked.
+    Returns (differences, mappings for compare_packets)."""
+    kev, _ = parse_text(kernel_events)
+    _, ktab = parse_text(kernel_table)
+    oev, otab = parse_text(ours)
+    n_ke, n_oe = len(kev), len(oev)
+    diffs, kall, oall, maps = random_checks(kev + ktab, oev + otab, specs, same_address)
+    kev, ktab = kall[:n_ke], kall[n_ke:]
+    oev, otab = oall[:n_oe], oall[n_oe:]
+    return diffs + compare_tables(ktab, otab, tol) + compare_events(kev, oev, tol), maps
 
 
 def main(argv=None) -> int:

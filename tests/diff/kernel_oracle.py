@@ -17,8 +17,22 @@ injector drops everything it receives back (prerouting policy drop).
 Output: the `conntrack -E -o extended,timestamp` stream (events file) and `conntrack -L -o
 extended` for IPv4 then IPv6 (table file).
 
+NAT scenarios (--nat-nft RULES.nft, the `table inet ctsnat` gen_scenarios.py wrote) also get,
+in the tracker: `ct state invalid drop` after the forward chain's counters; an input chain with
+the same per-state counters and policy drop (except packets DNATed to the tracker itself, i.e.
+redirected: accepted so that their entry is confirmed, as for any locally delivered packet); an
+output chain at raw priority (before conntrack) with policy drop, so the tracker's own stack never
+emits anything (no RST, no ICMP error, no neighbour discovery) and never touches an entry. The
+per-state counters written are then forward + input (every packet conntrack classified, where
+the stack was the destination or not). And they record what the tracker emits: tcpdump in the
+injector namespace on injc (client side) and injs (server side), incoming frames only, started
+and seen listening before the replay and stopped after a settle time (--capture-client /
+--capture-server), plus `conntrack -S` (--stats: insert_failed, drop).
+
 Usage: kernel_oracle.py --pcap F.pcap --events OUT.events --table OUT.table
                         [--sysctl nf_conntrack_tcp_loose=0 ...] [--tag NAME]
+                        [--nat-nft F.nft --capture-client C.pcap --capture-server S.pcap
+                         --stats OUT.stats]
 """
 
 from __future__ import annotations
@@ -52,6 +66,32 @@ table inet ctsdiff {
     ct state established counter
     ct state related counter
     ct state invalid counter
+  }
+}
+"""
+
+# NAT scenarios: TRK_NFT plus an invalid drop (after the counters), the input chain counted the
+# same way, and nothing ever leaving the tracker's own stack.
+TRK_NFT_NAT = """
+table inet ctsdiff {
+  chain forward_ct {
+    type filter hook forward priority 0; policy accept;
+    ct state new counter
+    ct state established counter
+    ct state related counter
+    ct state invalid counter
+    ct state invalid drop
+  }
+  chain input_ct {
+    type filter hook input priority 0; policy drop;
+    ct state new counter
+    ct state established counter
+    ct state related counter
+    ct state invalid counter
+    ct status dnat accept
+  }
+  chain output_raw {
+    type filter hook output priority raw; policy drop;
   }
 }
 """
@@ -102,6 +142,8 @@ class Oracle:
         self.trk = f"ctsdiff-trk-{t}"
         self.created: list[str] = []
         self.listener: subprocess.Popen | None = None
+        self.captures: list[tuple[subprocess.Popen, str, object]] = []
+        self.nat = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self):
@@ -112,6 +154,7 @@ class Oracle:
         return False
 
     def cleanup(self):
+        self.stop_captures()
         if self.listener is not None and self.listener.poll() is None:
             try:
                 self.listener.send_signal(signal.SIGTERM)
@@ -129,8 +172,9 @@ class Oracle:
         return _run(["ip", "netns", "exec", ns, *cmd], **kw)
 
     # -- setup ---------------------------------------------------------------------------------
-    def setup(self, sysctls: dict[str, str] | None = None):
+    def setup(self, sysctls: dict[str, str] | None = None, nat_nft: str | None = None):
         inj, trk = self.inj, self.trk
+        self.nat = nat_nft is not None
         for ns in (inj, trk):
             _run(["ip", "netns", "add", ns])
             self.created.append(ns)
@@ -168,7 +212,9 @@ class Oracle:
             for h in hosts:
                 _run(["ip", "-n", trk, "neigh", "replace", h, "lladdr", mac, "dev", dev,
                       "nud", "permanent"])
-        self._ns(trk, "nft", "-f", "-", input_text=TRK_NFT)
+        self._ns(trk, "nft", "-f", "-", input_text=TRK_NFT_NAT if self.nat else TRK_NFT)
+        if self.nat:
+            self._ns(trk, "nft", "-f", "-", input_text=nat_nft)
         self._ns(inj, "nft", "-f", "-", input_text=INJ_NFT)
         for k, v in (sysctls or {}).items():
             key = k if k.startswith("net.") else f"net.netfilter.{k}"
@@ -239,15 +285,88 @@ class Oracle:
         self._ns(self.inj, "tcpreplay", f"--cachefile={cache}", "-i", "injc", "-I", "injs",
                  pcap, timeout=timeout)
 
-    def counters(self) -> str:
-        """Packets per `ct state` seen in the tracker's forward hook, e.g. "invalid 2"."""
-        p = self._ns(self.trk, "nft", "list", "chain", "inet", "ctsdiff", "forward_ct")
-        out = []
+    # -- what the tracker emits (NAT scenarios) ------------------------------------------------
+    def start_captures(self, paths: dict[str, str], limit: float = 5.0):
+        """tcpdump on injc / injs (keys "injc", "injs"), incoming frames only; returns once each
+        says it is listening (the socket is bound: nothing sent after this is missed)."""
+        for dev, path in paths.items():
+            errpath = path + ".stderr"
+            errf = open(errpath, "w+")
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.inj, "tcpdump", "-i", dev, "-Q", "in", "-n",
+                 "-s", "0", "-U", "--immediate-mode", "-Z", "root", "-w", path],
+                stdout=subprocess.DEVNULL, stderr=errf, stdin=subprocess.DEVNULL)
+            self.captures.append((proc, errpath, errf))
+        deadline = time.monotonic() + limit
+        for proc, errpath, _f in self.captures:
+            while True:
+                with open(errpath) as f:
+                    if "listening on" in f.read():
+                        break
+                if proc.poll() is not None:
+                    with open(errpath) as f:
+                        raise OracleError(f"tcpdump exited early: {f.read().strip()}")
+                if time.monotonic() > deadline:
+                    raise OracleError("tcpdump did not start listening within "
+                                      f"{limit:.0f} s")
+                time.sleep(0.02)
+
+    def stop_captures(self) -> list[str]:
+        """Stop the captures (SIGINT: tcpdump flushes and prints its statistics); return
+        problems, e.g. packets the kernel dropped before tcpdump read them."""
+        problems = []
+        for proc, errpath, errf in self.captures:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=3)
+                    problems.append("tcpdump did not stop on SIGINT")
+            errf.close()
+            mine = []
+            with open(errpath) as f:
+                for line in f:
+                    w = line.split()
+                    if "dropped by kernel" in line and w and w[0].isdigit() and int(w[0]) > 0:
+                        mine.append(f"tcpdump: {line.strip()}")
+            if not mine:
+                os.unlink(errpath)
+            problems += mine
+        self.captures = []
+        return problems
+
+    def _chain_counters(self, chain: str) -> dict[str, int]:
+        p = self._ns(self.trk, "nft", "list", "chain", "inet", "ctsdiff", chain)
+        out: dict[str, int] = {}
         for line in p.stdout.splitlines():
             f = line.split()
             if len(f) >= 6 and f[0] == "ct" and f[1] == "state" and f[3] == "counter":
-                out.append(f"{f[2]} {f[5]}\n")
+                out[f[2]] = out.get(f[2], 0) + int(f[5])
+        return out
+
+    def counters(self) -> str:
+        """Packets per `ct state` seen in the tracker's forward hook, e.g. "invalid 2" (NAT
+        scenarios: forward plus input hook)."""
+        fwd = self._chain_counters("forward_ct")
+        if not self.nat:
+            return "".join(f"{k} {v}\n" for k, v in fwd.items())
+        inp = self._chain_counters("input_ct")
+        out = [f"{k} {fwd.get(k, 0) + inp.get(k, 0)}\n" for k in fwd]
+        out += [f"# forward {k} {fwd.get(k, 0)}, input {k} {inp.get(k, 0)}\n" for k in fwd]
         return "".join(out)
+
+    def stats(self) -> str:
+        """`conntrack -S` summed over CPUs, one "name value" a line (insert_failed, drop, ...)."""
+        p = self._ns(self.trk, "conntrack", "-S")
+        tot: dict[str, int] = {}
+        for line in p.stdout.splitlines():
+            for kv in line.split()[1:]:
+                k, _, v = kv.partition("=")
+                if v.isdigit():
+                    tot[k] = tot.get(k, 0) + int(v)
+        return "".join(f"{k} {v}\n" for k, v in tot.items())
 
     def table(self) -> str:
         out = []
@@ -259,21 +378,40 @@ class Oracle:
 
 def run_oracle(pcap: str, events_path: str, table_path: str,
                sysctls: dict[str, str] | None = None, tag: str | None = None,
-               settle: float = 0.15, counters_path: str | None = None) -> None:
+               settle: float = 0.15, counters_path: str | None = None,
+               nat_nft: str | None = None, capture_client: str | None = None,
+               capture_server: str | None = None, stats_path: str | None = None) -> None:
     """Replay pcap through the kernel; write the event stream and the final table (and,
-    optionally, how many forwarded packets had each ct state: new/established/related/invalid)."""
+    optionally, how many forwarded packets had each ct state: new/established/related/invalid).
+
+    nat_nft (an nft ruleset text): a NAT scenario (see the module docstring); capture_client /
+    capture_server: where the frames the tracker emits on each side are written (Ethernet pcap),
+    stats_path: `conntrack -S` totals."""
     with tempfile.TemporaryDirectory(prefix="ctsdiff-") as wd, Oracle(tag) as o:
-        o.setup(sysctls)
+        o.setup(sysctls, nat_nft)
         o.start_listener(events_path)
+        caps = {}
+        if capture_client:
+            caps["injc"] = capture_client
+        if capture_server:
+            caps["injs"] = capture_server
+        if caps:
+            o.start_captures(caps)
         o.replay(pcap, wd)
-        time.sleep(settle)  # let the last events reach the listener
+        time.sleep(max(settle, 0.3) if caps else settle)  # last events and emitted frames
         tbl = o.table()
         o.stop_listener()
+        problems = o.stop_captures()
+        if problems:
+            raise OracleError("; ".join(problems))
         with open(table_path, "w") as f:
             f.write(tbl)
         if counters_path:
             with open(counters_path, "w") as f:
                 f.write(o.counters())
+        if stats_path:
+            with open(stats_path, "w") as f:
+                f.write(o.stats())
 
 
 def _sigterm(signum, frame):
@@ -289,7 +427,15 @@ def main(argv=None) -> int:
     ap.add_argument("--sysctl", action="append", default=[],
                     help="NAME=VALUE inside the tracker namespace (net.netfilter. implied)")
     ap.add_argument("--tag", default=None)
+    ap.add_argument("--nat-nft", default=None, help="NAT scenario: nft ruleset file")
+    ap.add_argument("--capture-client", default=None, help="output: frames emitted on injc")
+    ap.add_argument("--capture-server", default=None, help="output: frames emitted on injs")
+    ap.add_argument("--stats", default=None, help="output: conntrack -S totals")
     a = ap.parse_args(argv)
+    nat_nft = None
+    if a.nat_nft:
+        with open(a.nat_nft) as f:
+            nat_nft = f.read()
     if os.geteuid() != 0:
         print("kernel_oracle: must run as root", file=sys.stderr)
         return 2
@@ -297,7 +443,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        run_oracle(a.pcap, a.events, a.table, sysctls, a.tag, counters_path=a.counters)
+        run_oracle(a.pcap, a.events, a.table, sysctls, a.tag, counters_path=a.counters,
+                   nat_nft=nat_nft, capture_client=a.capture_client,
+                   capture_server=a.capture_server, stats_path=a.stats)
     except (OracleError, subprocess.TimeoutExpired) as e:
         print(f"kernel_oracle: {e}", file=sys.stderr)
         return 2

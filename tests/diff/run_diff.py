@@ -8,8 +8,15 @@
 For every scenario of gen_scenarios.py: the kernel oracle (kernel_oracle.py; needs root and
 network namespaces) records NAME.kernel.events / NAME.kernel.table / NAME.kernel.counters, then
 `ctsyncd replay --events [--config NAME.toml] NAME.pcap` writes NAME.ours.out, and compare.py
-compares them (NAME.diff on failure). One line per scenario, a summary line, exit 1 on any
-failure, 77 when the kernel oracle cannot run here (not root, tools missing).
+compares them (NAME.diff on failure).
+
+NAT scenarios (nat_*, nat6_*) also record what the kernel emitted on each side
+(NAME.kernel.client.pcap / NAME.kernel.server.pcap) and its conntrack -S totals
+(NAME.kernel.stats); ctsyncd runs with `--config NAME.toml --write NAME.ours.pcap`, and
+compare_packets.py compares the datagrams per side (random NAT choices checked by property).
+
+One line per scenario, a summary line, exit 1 on any failure, 77 when the kernel oracle cannot
+run here (not root, tools missing).
 """
 
 from __future__ import annotations
@@ -29,10 +36,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import compare  # noqa: E402
+import compare_packets  # noqa: E402
 import kernel_oracle  # noqa: E402
+import nat_rules  # noqa: E402
+import pktutil  # noqa: E402
 
 SKIP = 77
-REQUIRED_TOOLS = ("ip", "nft", "conntrack", "tcpreplay", "tcpprep", "ethtool", "stdbuf")
+REQUIRED_TOOLS = ("ip", "nft", "conntrack", "tcpreplay", "tcpprep", "ethtool", "stdbuf",
+                  "tcpdump")
 BOOL_SYSCTLS = {"tcp_loose", "tcp_be_liberal", "tcp_ignore_invalid_rst", "checksum", "acct",
                 "timestamp", "events"}
 OURS_TIMEOUT = 60
@@ -72,17 +83,33 @@ def kernel_paths(out: str, name: str):
             os.path.join(out, f"{name}.kernel.counters"))
 
 
+def nat_paths(out: str, name: str) -> dict[str, str]:
+    """Extra files of a NAT scenario: what the kernel emitted on each side, its conntrack -S
+    totals, what ctsyncd wrote (--write) and the config it read."""
+    return {k: os.path.join(out, f"{name}.{k}") for k in
+            ("kernel.client.pcap", "kernel.server.pcap", "kernel.stats", "ours.pcap", "toml")}
+
+
 def run_kernel(sc: dict, pcapdir: str, out: str, reuse: bool) -> tuple[str, float, str | None]:
     ev, tb, ct = kernel_paths(out, sc["name"])
-    if reuse and os.path.exists(ev) and os.path.exists(tb):
+    nat = sc.get("nat")
+    np_ = nat_paths(out, sc["name"])
+    outputs = [ev, tb] + ([np_["kernel.client.pcap"], np_["kernel.server.pcap"]] if nat else [])
+    if reuse and all(os.path.exists(p) for p in outputs):
         return sc["name"], 0.0, None
     t0 = time.monotonic()
+    kw = {}
+    if nat:
+        with open(os.path.join(pcapdir, nat["nft"])) as f:
+            kw = dict(nat_nft=f.read(), capture_client=np_["kernel.client.pcap"],
+                      capture_server=np_["kernel.server.pcap"],
+                      stats_path=np_["kernel.stats"])
     try:
         kernel_oracle.run_oracle(os.path.join(pcapdir, sc["file"]), ev, tb,
                                  sysctls=sc.get("sysctls") or {}, tag=sc["name"],
-                                 counters_path=ct)
+                                 counters_path=ct, **kw)
     except (kernel_oracle.OracleError, subprocess.TimeoutExpired, OSError) as e:
-        for p in (ev, tb):
+        for p in outputs:
             if os.path.exists(p):
                 os.unlink(p)
         return sc["name"], time.monotonic() - t0, str(e).strip().splitlines()[0]
@@ -93,7 +120,19 @@ def run_ours(ctsyncd: str, sc: dict, pcapdir: str, out: str) -> str | None:
     """Run ctsyncd replay; return an error string or None."""
     name = sc["name"]
     cmd = [ctsyncd, "replay", "--events", "--stats"]
-    if sc.get("sysctls"):
+    nat = sc.get("nat")
+    if nat:
+        # [tracker] from the sysctls, then the [[nat.rule]] tables and [replay] that
+        # gen_scenarios.py derived from the same rules as the kernel's nft ruleset.
+        np_ = nat_paths(out, name)
+        with open(os.path.join(pcapdir, nat["toml"])) as f:
+            nat_toml = f.read()
+        with open(np_["toml"], "w") as f:
+            f.write(tracker_toml(sc.get("sysctls") or {}) + "\n" + nat_toml)
+        if os.path.exists(np_["ours.pcap"]):
+            os.unlink(np_["ours.pcap"])
+        cmd += ["--config", np_["toml"], "--write", np_["ours.pcap"]]
+    elif sc.get("sysctls"):
         cfg = os.path.join(out, f"{name}.toml")
         with open(cfg, "w") as f:
             f.write(tracker_toml(sc["sysctls"]))
@@ -116,11 +155,13 @@ def run_ours(ctsyncd: str, sc: dict, pcapdir: str, out: str) -> str | None:
     return None
 
 
-def compare_ct_states(out: str, name: str) -> list[str]:
+def compare_ct_states(out: str, name: str, nat: dict | None = None) -> list[str]:
     """Packets per ct state: the kernel's nft counters against ours (`--stats` line).
 
     This is where ICMP errors (RELATED or INVALID) and dropped invalid packets show: they leave
-    no trace in events or the table."""
+    no trace in events or the table. NAT scenarios: the kernel's counters are forward + input
+    (kernel_oracle.py), and ours' nat_dropped must equal the packets the kernel dropped at
+    confirm (conntrack -S insert_failed), which the scenario also declares."""
     _ev, _tb, ct = kernel_paths(out, name)
     if not os.path.exists(ct):
         return []
@@ -146,10 +187,34 @@ def compare_ct_states(out: str, name: str) -> list[str]:
         if kernel.get(state, 0) != ours.get(state, 0):
             diffs.append(f"ct state {state}: kernel counted {kernel.get(state, 0)} packets, "
                          f"ours {ours.get(state, 0)}")
+    if nat is not None:
+        kstats = read_kernel_stats(out, name)
+        kdrop = kstats.get("insert_failed", nat.get("nat_dropped", 0))
+        if kdrop != nat.get("nat_dropped", 0):
+            diffs.append(f"nat_dropped: the kernel dropped {kdrop} packets at NAT setup, the "
+                         f"scenario declares {nat.get('nat_dropped', 0)} (a test problem)")
+        if "nat_dropped" not in ours:
+            diffs.append("nat_dropped: ctsyncd's 'ctstate' line has no nat_dropped= field "
+                         f"(kernel dropped {kdrop} packets at NAT setup)")
+        elif ours["nat_dropped"] != kdrop:
+            diffs.append(f"nat_dropped: kernel dropped {kdrop} packets at NAT setup (conntrack "
+                         f"-S insert_failed), ours nat_dropped={ours['nat_dropped']}")
     return diffs
 
 
-def summarize_kernel(out: str, name: str) -> str:
+def read_kernel_stats(out: str, name: str) -> dict[str, int]:
+    path = nat_paths(out, name)["kernel.stats"]
+    st: dict[str, int] = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                k, _, v = line.strip().partition(" ")
+                if v.isdigit():
+                    st[k] = int(v)
+    return st
+
+
+def summarize_kernel(out: str, name: str, nat: dict | None = None) -> str:
     ev, tb, ct = kernel_paths(out, name)
     with open(ev) as f:
         events, _ = compare.parse_text(f.read())
@@ -167,8 +232,33 @@ def summarize_kernel(out: str, name: str) -> str:
     counters = ""
     if os.path.exists(ct):
         with open(ct) as f:
-            counters = " ".join(l.strip().replace(" ", "=") for l in f if not l.endswith(" 0\n"))
-    return f"{evs}; table: {', '.join(ents) or 'empty'}; ct-state: {counters or '-'}"
+            counters = " ".join(l.strip().replace(" ", "=") for l in f
+                                if not l.endswith(" 0\n") and not l.startswith("#"))
+    s = f"{evs}; table: {', '.join(ents) or 'empty'}; ct-state: {counters or '-'}"
+    if nat is not None:
+        np_ = nat_paths(out, name)
+        c = pktutil.ip_datagrams(np_["kernel.client.pcap"])
+        v = pktutil.ip_datagrams(np_["kernel.server.pcap"])
+        st = read_kernel_stats(out, name)
+        s += f"; emitted: client side {len(c)}, server side {len(v)}"
+        if st.get("insert_failed"):
+            s += f"; nat-dropped {st['insert_failed']}"
+    return s
+
+
+def compare_nat(sc: dict, kev: str, ktab: str, ours: str, out: str, tol: int) -> list[str]:
+    """A NAT scenario: conntrack output with the random fields checked by property and masked,
+    then the packets emitted on each side."""
+    nat = sc["nat"]
+    rnd = nat_rules.random_from_manifest(nat)
+    diffs, maps = compare.compare_nat(kev, ktab, ours, tol, rnd, nat.get("same_address", []))
+    np_ = nat_paths(out, sc["name"])
+    if not os.path.exists(np_["ours.pcap"]):
+        return diffs + ["packets: ctsyncd wrote no --write file"]
+    diffs += compare_packets.compare_files(np_["kernel.client.pcap"], np_["kernel.server.pcap"],
+                                           np_["ours.pcap"], maps,
+                                           os.path.join(out, "pcaps", sc["file"]))
+    return diffs
 
 
 def oracle_available() -> str | None:
@@ -256,7 +346,7 @@ def main(argv=None) -> int:
                 continue
             if a.kernel_only:
                 passed += 1
-                log(f"KERN {name:{width}}  {summarize_kernel(out, name)}")
+                log(f"KERN {name:{width}}  {summarize_kernel(out, name, sc.get('nat'))}")
                 continue
             err = run_ours(a.ctsyncd, sc, pcapdir, out)
             if err:
@@ -264,10 +354,14 @@ def main(argv=None) -> int:
                 log(f"FAIL {name:{width}}  {err}")
                 continue
             ev, tb, _ct = kernel_paths(out, name)
+            nat = sc.get("nat")
             with open(ev) as f1, open(tb) as f2, \
                     open(os.path.join(out, f"{name}.ours.out")) as f3:
-                diffs = compare.compare(f1.read(), f2.read(), f3.read(), a.tolerance)
-            diffs += compare_ct_states(out, name)
+                if nat:
+                    diffs = compare_nat(sc, f1.read(), f2.read(), f3.read(), out, a.tolerance)
+                else:
+                    diffs = compare.compare(f1.read(), f2.read(), f3.read(), a.tolerance)
+            diffs += compare_ct_states(out, name, nat)
             dpath = os.path.join(out, f"{name}.diff")
             if diffs:
                 failed.append(name)
