@@ -39,6 +39,16 @@ struct FlowKeyHasher {
   size_t operator()(const FlowKey& k) const { return static_cast<size_t>(flowKeyHash(k)); }
 };
 
+// The NAT sequence adjustment of one direction (the kernel's struct nf_ct_seqadj): a helper
+// that changed a payload's length (FTP's PORT rewritten by NAT) shifts every later sequence
+// number of that direction by offsetAfter, and those before correctionPos by offsetBefore.
+struct SeqAdjust {
+  uint32_t correctionPos = 0;
+  int32_t offsetBefore = 0;
+  int32_t offsetAfter = 0;
+  friend bool operator==(const SeqAdjust&, const SeqAdjust&) = default;
+};
+
 // The whole state of one flow (an upsert): enough to recreate it in a kernel, NAT included.
 struct FlowRecord {
   FlowKey key;
@@ -50,10 +60,60 @@ struct FlowRecord {
   uint32_t timeoutSec = 0;       // remaining lifetime when the record was written
   uint32_t mark = 0;
   std::array<uint8_t, 16> labels{};
-  uint8_t helper = 0;                  // 0 none; 1 ftp; 2 tftp (more later, appended)
+  uint8_t helper = 0;                  // table::helperCode(): 0 none, 1 ftp, 2 tftp, ...
   std::optional<table::Tuple> master;  // original tuple of the master of a RELATED flow
+  SeqAdjust seqAdj[2];                 // per direction; zero unless status has kSeqAdjust
+  // SCTP (l4 132): the kernel's state (enum sctp_conntrack) and verification tags.
+  uint8_t sctpState = 0;
+  uint32_t sctpVtag[2] = {0, 0};
+  // DCCP (l4 33): the kernel's state (enum ct_dccp_states), role of the original direction's
+  // sender (CT_DCCP_ROLE_CLIENT 0 / SERVER 1) and the handshake sequence number.
+  uint8_t dccpState = 0;
+  uint8_t dccpRole = 0;
+  uint64_t dccpHandshakeSeq = 0;
   Version version;
   friend bool operator==(const FlowRecord&, const FlowRecord&) = default;
+};
+
+// An expectation's identity in the cluster: its expected tuple (with the wildcard fields of
+// its mask zero) in its zone, as ctnetlink finds one (nf_ct_expect_find_get).
+struct ExpectKey {
+  table::Tuple expected;
+  uint16_t zone = 0;
+  friend bool operator==(const ExpectKey&, const ExpectKey&) = default;
+};
+uint64_t expectKeyHash(const ExpectKey& key);  // wire-stable, like flowKeyHash
+
+// Expectation flags (NF_CT_EXPECT_*).
+namespace expectflag {
+inline constexpr uint32_t kPermanent = 1;
+inline constexpr uint32_t kInactive = 2;
+inline constexpr uint32_t kUserspace = 4;
+}  // namespace expectflag
+
+// A helper's expectation (the kernel's struct nf_conntrack_expect): a connection it announced,
+// which becomes RELATED to `master` when it opens. It lives no longer than its master.
+struct ExpectRecord {
+  ExpectKey key;
+  table::Tuple mask;    // which fields of key.expected must match: all-ones or zero
+  table::Tuple master;  // original tuple of the master flow (in key.zone)
+  uint32_t timeoutSec = 0;  // remaining lifetime when the record was written
+  uint32_t flags = 0;       // expectflag bits
+  uint32_t cls = 0;         // expectation class of the helper (FTP: 0)
+  uint8_t helper = 0;       // table::helperCode() of the helper that made it
+  uint8_t fn = 0;           // table::expectFnCode(): what the RELATED flow is set up with
+  // NAT: the address and port the helper saved (CTA_EXPECT_NAT_TUPLE) and their direction.
+  std::optional<table::Tuple> natTuple;
+  uint8_t natDir = 0;
+  Version version;
+  friend bool operator==(const ExpectRecord&, const ExpectRecord&) = default;
+};
+
+// The expectation is gone (used, timed out, removed with its master) as of `version`.
+struct ExpectDelete {
+  ExpectKey key;
+  Version version;
+  friend bool operator==(const ExpectDelete&, const ExpectDelete&) = default;
 };
 
 // The flow is gone (closed, expired, flushed) as of `version`.
