@@ -1,8 +1,11 @@
 #include "syncd/flow_format.hpp"
 
 #include <cstdio>
+#include <iterator>
+#include <string_view>
 
 #include "table/format.hpp"
+#include "table/helpers.hpp"
 #include "table/tcp.hpp"
 
 namespace ctsync::syncd {
@@ -25,6 +28,34 @@ std::string prefix(const table::Tuple& t, const char* event) {
   return out + buf;
 }
 
+// State names as libnetfilter_conntrack prints them (the kernel's enum sctp_conntrack and
+// enum ct_dccp_states, in order).
+const char* sctpStateName(uint8_t s) {
+  static const char* const kNames[] = {
+      "NONE",          "CLOSED",        "COOKIE_WAIT",       "COOKIE_ECHOED",  "ESTABLISHED",
+      "SHUTDOWN_SENT", "SHUTDOWN_RECD", "SHUTDOWN_ACK_SENT", "HEARTBEAT_SENT", "HEARTBEAT_ACKED"};
+  return s < std::size(kNames) ? kNames[s] : "UNKNOWN";
+}
+const char* dccpStateName(uint8_t s) {
+  static const char* const kNames[] = {"NONE",    "REQUEST", "RESPOND",  "PARTOPEN", "OPEN",
+                                       "CLOSEREQ", "CLOSING", "TIMEWAIT", "IGNORE",   "INVALID"};
+  return s < std::size(kNames) ? kNames[s] : "UNKNOWN";
+}
+
+// The state word conntrack -L prints after the timeout, or null for protocols without one.
+const char* stateWord(const replication::FlowRecord& r) {
+  switch (r.key.orig.l4) {
+    case table::proto::kTcp:
+      return table::tcpStateName(static_cast<table::TcpState>(r.tcpState));
+    case 132:
+      return sctpStateName(r.sctpState);
+    case 33:  // a kernel without the DCCP tracker (Linux 6.16 and later) reports no state
+      return r.dccpState != 0 ? dccpStateName(r.dccpState) : nullptr;
+    default:
+      return nullptr;
+  }
+}
+
 void trim(std::string& out) {
   while (!out.empty() && out.back() == ' ') out.pop_back();
 }
@@ -34,8 +65,8 @@ void trim(std::string& out) {
 std::string formatFlow(const replication::FlowRecord& r, uint32_t remainingSec, const char* event) {
   std::string out = prefix(r.key.orig, event);
   out += std::to_string(remainingSec) + " ";
-  if (r.key.orig.l4 == table::proto::kTcp) {
-    out += table::tcpStateName(static_cast<table::TcpState>(r.tcpState));
+  if (const char* state = stateWord(r)) {
+    out += state;
     out += ' ';
   }
   table::appendTupleText(out, r.key.orig);
@@ -44,6 +75,11 @@ std::string formatFlow(const replication::FlowRecord& r, uint32_t remainingSec, 
   if ((r.status & kAssured) != 0) out += "[ASSURED] ";
   out += "mark=" + std::to_string(r.mark) + " ";
   if (r.key.zone != 0) out += "zone=" + std::to_string(r.key.zone) + " ";
+  if (const std::string_view h = table::helperName(r.helper); !h.empty()) {
+    out += "helper=";
+    out += h;
+    out += ' ';
+  }
   if (event == nullptr) out += "use=1 ";
   trim(out);
   return out;
@@ -66,10 +102,7 @@ std::string formatFlowJson(const replication::FlowRecord& r, uint32_t remainingS
   out += std::string(",\"proto\":\"") + table::l4ProtoName(t.l4) + "\"";
   out += ",\"protonum\":" + std::to_string(t.l4);
   out += ",\"timeout\":" + std::to_string(remainingSec);
-  if (t.l4 == table::proto::kTcp) {
-    out += std::string(",\"state\":\"") +
-           table::tcpStateName(static_cast<table::TcpState>(r.tcpState)) + "\"";
-  }
+  if (const char* state = stateWord(r)) out += std::string(",\"state\":\"") + state + "\"";
   out += ",\"orig\":";
   table::appendTupleJson(out, t);
   out += ",\"reply\":";
@@ -87,6 +120,20 @@ std::string formatFlowJson(const replication::FlowRecord& r, uint32_t remainingS
   }
   out += "]";
   out += ",\"mark\":" + std::to_string(r.mark) + ",\"zone\":" + std::to_string(r.key.zone);
+  if (const std::string_view h = table::helperName(r.helper); !h.empty()) {
+    out += ",\"helper\":\"";
+    out += h;
+    out += "\"";
+  }
+  if ((r.status & table::status::kSeqAdjust) != 0) {
+    for (int d = 0; d < 2; ++d) {
+      const replication::SeqAdjust& a = r.seqAdj[d];
+      out += d == 0 ? ",\"seq_adjust_orig\":" : ",\"seq_adjust_reply\":";
+      out += "{\"correction_pos\":" + std::to_string(a.correctionPos) +
+             ",\"offset_before\":" + std::to_string(a.offsetBefore) +
+             ",\"offset_after\":" + std::to_string(a.offsetAfter) + "}";
+    }
+  }
   out += ",\"owner\":" + std::to_string(r.version.node);
   out += ",\"generation\":" + std::to_string(r.version.generation);
   out += "}";

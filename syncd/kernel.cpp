@@ -26,6 +26,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "table/helpers.hpp"
 #include "table/format.hpp"
 #include "table/tcp.hpp"
 #include "table/types.hpp"
@@ -100,6 +101,9 @@ bool hasPorts(uint8_t l4) {
       return false;
   }
 }
+
+constexpr uint8_t kDccp = 33;
+constexpr uint8_t kSctp = 132;
 
 bool isIcmp(uint8_t l4) {
   return l4 == table::proto::kIcmp || l4 == table::proto::kIcmpv6;
@@ -565,8 +569,34 @@ std::optional<FlowRecord> fromKernel(const nf_conntrack* ct) {
     }
   }
   if (const auto* name = static_cast<const char*>(nfct_get_attr(ct, ATTR_HELPER_NAME))) {
-    if (std::strcmp(name, "ftp") == 0) r.helper = 1;
-    if (std::strcmp(name, "tftp") == 0) r.helper = 2;
+    // A name outside the kernel's own helpers (a userspace helper) travels without it.
+    r.helper = table::helperCode(name).value_or(0);
+  }
+  if (nfct_attr_is_set(ct, ATTR_ORIG_NAT_SEQ_CORRECTION_POS)) {
+    r.seqAdj[0] = {nfct_get_attr_u32(ct, ATTR_ORIG_NAT_SEQ_CORRECTION_POS),
+                   static_cast<int32_t>(nfct_get_attr_u32(ct, ATTR_ORIG_NAT_SEQ_OFFSET_BEFORE)),
+                   static_cast<int32_t>(nfct_get_attr_u32(ct, ATTR_ORIG_NAT_SEQ_OFFSET_AFTER))};
+  }
+  if (nfct_attr_is_set(ct, ATTR_REPL_NAT_SEQ_CORRECTION_POS)) {
+    r.seqAdj[1] = {nfct_get_attr_u32(ct, ATTR_REPL_NAT_SEQ_CORRECTION_POS),
+                   static_cast<int32_t>(nfct_get_attr_u32(ct, ATTR_REPL_NAT_SEQ_OFFSET_BEFORE)),
+                   static_cast<int32_t>(nfct_get_attr_u32(ct, ATTR_REPL_NAT_SEQ_OFFSET_AFTER))};
+  }
+  if (o.l4 == kSctp) {
+    if (nfct_attr_is_set(ct, ATTR_SCTP_STATE)) r.sctpState = nfct_get_attr_u8(ct, ATTR_SCTP_STATE);
+    if (nfct_attr_is_set(ct, ATTR_SCTP_VTAG_ORIG)) {
+      r.sctpVtag[0] = nfct_get_attr_u32(ct, ATTR_SCTP_VTAG_ORIG);
+    }
+    if (nfct_attr_is_set(ct, ATTR_SCTP_VTAG_REPL)) {
+      r.sctpVtag[1] = nfct_get_attr_u32(ct, ATTR_SCTP_VTAG_REPL);
+    }
+  }
+  if (o.l4 == kDccp) {
+    if (nfct_attr_is_set(ct, ATTR_DCCP_STATE)) r.dccpState = nfct_get_attr_u8(ct, ATTR_DCCP_STATE);
+    if (nfct_attr_is_set(ct, ATTR_DCCP_ROLE)) r.dccpRole = nfct_get_attr_u8(ct, ATTR_DCCP_ROLE);
+    if (nfct_attr_is_set(ct, ATTR_DCCP_HANDSHAKE_SEQ)) {
+      r.dccpHandshakeSeq = nfct_get_attr_u64(ct, ATTR_DCCP_HANDSHAKE_SEQ);
+    }
   }
   if (nfct_attr_is_set(ct, ATTR_MASTER_L3PROTO)) {
     Tuple m;
@@ -608,6 +638,35 @@ void toKernel(const FlowRecord& r, uint32_t timeoutSec, nf_conntrack* ct, bool f
     }
   }
 
+  // The state of the other trackers with one (nf_conntrack_proto_sctp.c / _dccp.c from_nlattr);
+  // the kernel takes it on create and on update.
+  if (o.l4 == kSctp) {
+    nfct_set_attr_u8(ct, ATTR_SCTP_STATE, r.sctpState);
+    nfct_set_attr_u32(ct, ATTR_SCTP_VTAG_ORIG, r.sctpVtag[0]);
+    nfct_set_attr_u32(ct, ATTR_SCTP_VTAG_REPL, r.sctpVtag[1]);
+  }
+  if (o.l4 == kDccp) {
+    nfct_set_attr_u8(ct, ATTR_DCCP_STATE, r.dccpState);
+    nfct_set_attr_u8(ct, ATTR_DCCP_ROLE, r.dccpRole);
+    nfct_set_attr_u64(ct, ATTR_DCCP_HANDSHAKE_SEQ, r.dccpHandshakeSeq);
+  }
+  // A helper that changed a payload's length left offsets that every later segment needs
+  // (without them the peers see sequence numbers off by the difference and the flow stalls).
+  // ctnetlink sets SEQ_ADJUST itself when it takes them, on create and on update.
+  if ((r.status & table::status::kSeqAdjust) != 0) {
+    const nf_conntrack_attr pos[2] = {ATTR_ORIG_NAT_SEQ_CORRECTION_POS,
+                                      ATTR_REPL_NAT_SEQ_CORRECTION_POS};
+    const nf_conntrack_attr before[2] = {ATTR_ORIG_NAT_SEQ_OFFSET_BEFORE,
+                                         ATTR_REPL_NAT_SEQ_OFFSET_BEFORE};
+    const nf_conntrack_attr after[2] = {ATTR_ORIG_NAT_SEQ_OFFSET_AFTER,
+                                        ATTR_REPL_NAT_SEQ_OFFSET_AFTER};
+    for (int d = 0; d < 2; ++d) {
+      nfct_set_attr_u32(ct, pos[d], r.seqAdj[d].correctionPos);
+      nfct_set_attr_u32(ct, before[d], static_cast<uint32_t>(r.seqAdj[d].offsetBefore));
+      nfct_set_attr_u32(ct, after[d], static_cast<uint32_t>(r.seqAdj[d].offsetAfter));
+    }
+  }
+
   const bool anyLabel =
       std::any_of(r.labels.begin(), r.labels.end(), [](uint8_t b) { return b != 0; });
   if (anyLabel) {
@@ -643,8 +702,9 @@ void toKernel(const FlowRecord& r, uint32_t timeoutSec, nf_conntrack* ct, bool f
   // ICMP id pin: libnetfilter_conntrack builds CTA_NAT_PROTO for TCP and UDP only, so
   // appendIcmpNat() adds that NAT attribute to the message (the sink calls it).
 
-  if (r.helper == 1) nfct_set_attr(ct, ATTR_HELPER_NAME, "ftp");
-  if (r.helper == 2) nfct_set_attr(ct, ATTR_HELPER_NAME, "tftp");
+  if (const std::string_view name = table::helperName(r.helper); !name.empty()) {
+    nfct_set_attr(ct, ATTR_HELPER_NAME, name.data());  // the list's names are NUL-terminated
+  }
 
   if (r.master) {
     const Tuple& m = *r.master;

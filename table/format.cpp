@@ -26,7 +26,12 @@ void appendTupleText(std::string& out, const Tuple& t) {
     case proto::kTcp:
     case proto::kUdp:
     case proto::kUdplite:
+    case 33:   // DCCP
+    case 132:  // SCTP
       appendf(out, "sport=%u dport=%u ", t.sport, t.dport);
+      break;
+    case 47:  // GRE: the keys travel as ports
+      appendf(out, "srckey=0x%x dstkey=0x%x ", t.sport, t.dport);
       break;
     case proto::kIcmp:
     case proto::kIcmpv6:

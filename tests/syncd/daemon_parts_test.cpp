@@ -61,6 +61,36 @@ TEST(FlowFormatTest, EventLinesAndUnrepliedUdp) {
             "zone=4");
 }
 
+// What conntrack -L prints for an FTP control flow and an SCTP association (checked against
+// conntrack v1.4.7 on Linux 6.18: the state word, then helper= after mark and zone).
+TEST(FlowFormatTest, HelperAndSctpState) {
+  FlowRecord ftp = natTcp();
+  ftp.key.orig.dport = 21;
+  ftp.reply.sport = 21;
+  ftp.helper = 1;
+  ftp.key.zone = 3;
+  EXPECT_EQ(formatFlow(ftp, 300),
+            "ipv4     2 tcp      6 300 ESTABLISHED src=10.1.0.2 dst=192.168.10.2 sport=40000 "
+            "dport=21 src=192.168.10.2 dst=192.168.10.1 sport=21 dport=61000 [ASSURED] mark=7 "
+            "zone=3 helper=ftp use=1");
+  ftp.status |= table::status::kSeqAdjust;
+  ftp.seqAdj[0] = {1000, 0, -1};
+  const std::string j = formatFlowJson(ftp, 300);
+  EXPECT_NE(j.find("\"helper\":\"ftp\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"seq_adjust_orig\":{\"correction_pos\":1000,\"offset_before\":0,"
+                   "\"offset_after\":-1}"),
+            std::string::npos)
+      << j;
+
+  FlowRecord sctp;
+  sctp.key.orig = {Addr::v4(0x0a000001), Addr::v4(0x0a000002), 1, 2, table::L3::kIpv4, 132};
+  sctp.reply = {Addr::v4(0x0a000002), Addr::v4(0x0a000001), 2, 1, table::L3::kIpv4, 132};
+  sctp.sctpState = 4;
+  EXPECT_EQ(formatFlow(sctp, 99),
+            "ipv4     2 sctp     132 99 ESTABLISHED src=10.0.0.1 dst=10.0.0.2 sport=1 dport=2 "
+            "[UNREPLIED] src=10.0.0.2 dst=10.0.0.1 sport=2 dport=1 mark=0 use=1");
+}
+
 TEST(FlowFormatTest, JsonCarriesOwnerAndFlags) {
   const std::string j = formatFlowJson(natTcp(), 100, "UPDATE");
   EXPECT_EQ(j.front(), '{');

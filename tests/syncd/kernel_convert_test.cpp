@@ -2,6 +2,7 @@
 // pure, no socket. "What the kernel reports" is built as an object and sent through the
 // library's own message builder and parser, so the attributes look as they do after a dump.
 #include "syncd/kernel.hpp"
+#include "table/helpers.hpp"
 #include "tests/support/tuples.hpp"
 // (system headers after)
 #include <arpa/inet.h>
@@ -397,6 +398,122 @@ TEST(KernelConvert, RelatedFlowCarriesItsMaster) {
   NfctPtr h2(nfct_new());
   toKernel(ftp, 60, h2.get(), false);
   EXPECT_STREQ(static_cast<const char*>(nfct_get_attr(h2.get(), ATTR_HELPER_NAME)), "tftp");
+}
+
+// Every helper of the kernel travels by name, not only ftp and tftp; one the list does not know
+// (a userspace helper) is left off rather than misnamed.
+TEST(KernelConvert, EveryKernelHelperByName) {
+  replication::FlowRecord r;
+  r.key.orig = tuple(L3::kIpv4, table::proto::kUdp, v4(10, 0, 0, 1), v4(192, 0, 2, 9), 5060, 5060);
+  r.reply = inverse(r.key.orig);
+  r.status = st::kSeenReply | st::kConfirmed;
+  r.timeoutSec = 30;
+  for (const char* name : {"ftp", "tftp", "sip", "RAS", "Q.931", "H.245", "irc", "pptp", "amanda",
+                           "sane", "snmp", "snmp_trap", "netbios-ns"}) {
+    NfctPtr entry = kernelEntry(r);
+    nfct_set_attr(entry.get(), ATTR_HELPER_NAME, name);
+    const auto back = fromKernel(throughMessage(entry.get()).get());
+    ASSERT_TRUE(back) << name;
+    EXPECT_EQ(table::helperName(back->helper), name);
+    NfctPtr ct(nfct_new());
+    toKernel(*back, 30, ct.get(), false);
+    EXPECT_STREQ(static_cast<const char*>(nfct_get_attr(ct.get(), ATTR_HELPER_NAME)), name);
+  }
+  NfctPtr entry = kernelEntry(r);
+  nfct_set_attr(entry.get(), ATTR_HELPER_NAME, "my-userspace-helper");
+  const auto back = fromKernel(entry.get());
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->helper, 0);
+}
+
+// An FTP control flow whose PORT line NAT rewrote to another length: both directions' offsets
+// come out of the kernel's entry and go back into a create and into an update (the kernel takes
+// them on both and then sets SEQ_ADJUST itself).
+TEST(KernelConvert, SequenceAdjustmentBothWays) {
+  replication::FlowRecord r;
+  r.key.orig = tuple(L3::kIpv4, table::proto::kTcp, v4(10, 1, 0, 100), v4(192, 0, 2, 10), 40000, 21);
+  r.reply = r.key.orig;
+  r.reply.src = r.key.orig.dst;
+  r.reply.dst = v4(192, 0, 2, 1);
+  r.reply.sport = 21;
+  r.reply.dport = 40000;
+  r.status = st::kSeenReply | st::kAssured | st::kConfirmed | st::kSrcNat | st::kSeqAdjust;
+  r.tcpState = static_cast<uint8_t>(table::TcpState::kEstablished);
+  r.timeoutSec = 300;
+  r.helper = 1;
+  r.seqAdj[0] = {0xfffffff0u, -1, -2};  // the line shrank twice, near the wrap
+  r.seqAdj[1] = {12345u, 0, 0};
+  NfctPtr entry = kernelEntry(r);
+  nfct_set_attr(entry.get(), ATTR_HELPER_NAME, "ftp");
+  for (int d = 0; d < 2; ++d) {
+    nfct_set_attr_u32(entry.get(),
+                      d == 0 ? ATTR_ORIG_NAT_SEQ_CORRECTION_POS : ATTR_REPL_NAT_SEQ_CORRECTION_POS,
+                      r.seqAdj[d].correctionPos);
+    nfct_set_attr_u32(entry.get(),
+                      d == 0 ? ATTR_ORIG_NAT_SEQ_OFFSET_BEFORE : ATTR_REPL_NAT_SEQ_OFFSET_BEFORE,
+                      static_cast<uint32_t>(r.seqAdj[d].offsetBefore));
+    nfct_set_attr_u32(entry.get(),
+                      d == 0 ? ATTR_ORIG_NAT_SEQ_OFFSET_AFTER : ATTR_REPL_NAT_SEQ_OFFSET_AFTER,
+                      static_cast<uint32_t>(r.seqAdj[d].offsetAfter));
+  }
+  const auto back = fromKernel(throughMessage(entry.get()).get());
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->seqAdj[0], r.seqAdj[0]);
+  EXPECT_EQ(back->seqAdj[1], r.seqAdj[1]);
+
+  NfctPtr create(nfct_new());
+  toKernel(r, 300, create.get(), false);
+  const auto sent = fromKernel(throughMessage(create.get()).get());
+  ASSERT_TRUE(sent);
+  EXPECT_EQ(sent->seqAdj[0], r.seqAdj[0]);
+  EXPECT_EQ(sent->seqAdj[1], r.seqAdj[1]);
+  // An update has no reply tuple, so read the attributes of the message back directly.
+  NfctPtr update(nfct_new());
+  toKernel(r, 300, update.get(), true);
+  NfctPtr u = throughMessage(update.get());
+  EXPECT_EQ(nfct_get_attr_u32(u.get(), ATTR_ORIG_NAT_SEQ_CORRECTION_POS), 0xfffffff0u);
+  EXPECT_EQ(static_cast<int32_t>(nfct_get_attr_u32(u.get(), ATTR_ORIG_NAT_SEQ_OFFSET_AFTER)), -2);
+  EXPECT_EQ(nfct_get_attr_u32(u.get(), ATTR_REPL_NAT_SEQ_CORRECTION_POS), 12345u);
+  // Without SEQ_ADJUST nothing is sent: an entry that never had a helper rewrite stays plain.
+  r.status &= ~st::kSeqAdjust;
+  NfctPtr plain(nfct_new());
+  toKernel(r, 300, plain.get(), false);
+  EXPECT_FALSE(nfct_attr_is_set(plain.get(), ATTR_ORIG_NAT_SEQ_CORRECTION_POS));
+}
+
+// conntrackd carries SCTP and DCCP state; so do we, in both directions of the conversion.
+TEST(KernelConvert, SctpAndDccpState) {
+  replication::FlowRecord sctp;
+  sctp.key.orig = tuple(L3::kIpv4, 132, v4(10, 0, 0, 1), v4(192, 0, 2, 9), 3868, 3868);
+  sctp.reply = inverse(sctp.key.orig);
+  sctp.status = st::kSeenReply | st::kAssured | st::kConfirmed;
+  sctp.timeoutSec = 400;
+  sctp.sctpState = 4;  // ESTABLISHED
+  sctp.sctpVtag[0] = 0x11223344;
+  sctp.sctpVtag[1] = 0xaabbccdd;
+  NfctPtr e1(nfct_new());
+  toKernel(sctp, 400, e1.get(), false);
+  auto back = fromKernel(throughMessage(e1.get()).get());
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->sctpState, 4);
+  EXPECT_EQ(back->sctpVtag[0], 0x11223344u);
+  EXPECT_EQ(back->sctpVtag[1], 0xaabbccddu);
+
+  replication::FlowRecord dccp;
+  dccp.key.orig = tuple(L3::kIpv6, 33, v6("2001:db8::1"), v6("2001:db8::2"), 5001, 5002);
+  dccp.reply = inverse(dccp.key.orig);
+  dccp.status = st::kSeenReply | st::kConfirmed;
+  dccp.timeoutSec = 100;
+  dccp.dccpState = 4;  // OPEN
+  dccp.dccpRole = 1;
+  dccp.dccpHandshakeSeq = 0x0000123456789abcull;
+  NfctPtr e2(nfct_new());
+  toKernel(dccp, 100, e2.get(), false);
+  back = fromKernel(throughMessage(e2.get()).get());
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->dccpState, 4);
+  EXPECT_EQ(back->dccpRole, 1);
+  EXPECT_EQ(back->dccpHandshakeSeq, 0x0000123456789abcull);
 }
 
 TEST(KernelConvert, MarkLabelsAndZone) {
