@@ -17,6 +17,8 @@
 #include <tuple>
 #include <vector>
 
+#include "table/helpers.hpp"
+
 namespace ctsync::conf {
 namespace {
 
@@ -664,7 +666,25 @@ Issue readNameList(const toml::node& node, const Named<uint8_t> (&names)[N],
   return issue;
 }
 
+// Every helper of the kernel, as `expect_helpers` names them (table/helpers.hpp).
+constexpr Named<uint8_t> kHelperNames[] = {
+    {"ftp", 1},        {"tftp", 2},  {"sip", 3},         {"RAS", 4},         {"Q.931", 5},
+    {"H.245", 6},      {"irc", 7},   {"pptp", 8},        {"amanda", 9},      {"sane", 10},
+    {"snmp", 11},      {"snmp_trap", 12}, {"netbios-ns", 13},
+};
+
+constexpr bool helperNamesAreTheTables() {
+  for (const Named<uint8_t>& h : kHelperNames) {
+    if (table::helperName(h.value) != h.name) return false;
+  }
+  return std::size(kHelperNames) + 1 == table::kHelperCount;
+}
+static_assert(helperNamesAreTheTables(), "kHelperNames must list table/helpers.hpp's names");
+
 constexpr KeySpec kKernelKeys[] = {
+    {"expectations", [](const Node& n, Config& c) { return readBool(n, c.kernel.expectations); }},
+    {"expect_helpers",
+     [](const Node& n, Config& c) { return readNameList(n, kHelperNames, c.kernel.expectHelpers); }},
     {"commit", [](const Node& n, Config& c) { return readEnum(n, kCommitModes, c.kernel.commit); }},
     {"netlink_rcvbuf",
      [](const Node& n, Config& c) {

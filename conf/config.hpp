@@ -62,6 +62,9 @@ struct KernelSettings {
   std::vector<uint8_t> protocols;            // IP protocols to sync; empty = all
   std::vector<std::string> ignoreAddresses;  // CIDRs: flows to or from them are not synced
   std::vector<uint8_t> tcpStates;            // table::TcpState values to sync; empty = all
+  // Helpers' expectations (conntrackd's ExpectationSync): mirrored, replicated, committed.
+  bool expectations = true;
+  std::vector<uint8_t> expectHelpers;  // table::helperCode() values to sync; empty = all
 };
 
 struct ControlSettings {

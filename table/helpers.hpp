@@ -17,14 +17,14 @@ inline constexpr uint8_t kHelperCount = sizeof(kHelperNames) / sizeof(kHelperNam
 
 // The code of a helper name; empty for a name this list does not have (a userspace helper of
 // nfnetlink_cthelper, which the caller counts).
-inline std::optional<uint8_t> helperCode(std::string_view name) {
+constexpr std::optional<uint8_t> helperCode(std::string_view name) {
   for (uint8_t i = 1; i < kHelperCount; ++i) {
     if (kHelperNames[i] == name) return i;
   }
   return std::nullopt;
 }
 // The name of a code; "" for 0 and for codes of a newer peer this build does not know.
-inline std::string_view helperName(uint8_t code) {
+constexpr std::string_view helperName(uint8_t code) {
   return code < kHelperCount ? kHelperNames[code] : std::string_view{};
 }
 
@@ -35,13 +35,13 @@ inline constexpr std::string_view kExpectFnNames[] = {
 };
 inline constexpr uint8_t kExpectFnCount = sizeof(kExpectFnNames) / sizeof(kExpectFnNames[0]);
 
-inline std::optional<uint8_t> expectFnCode(std::string_view name) {
+constexpr std::optional<uint8_t> expectFnCode(std::string_view name) {
   for (uint8_t i = 1; i < kExpectFnCount; ++i) {
     if (kExpectFnNames[i] == name) return i;
   }
   return std::nullopt;
 }
-inline std::string_view expectFnName(uint8_t code) {
+constexpr std::string_view expectFnName(uint8_t code) {
   return code < kExpectFnCount ? kExpectFnNames[code] : std::string_view{};
 }
 

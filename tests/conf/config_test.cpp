@@ -503,6 +503,8 @@ commit_threads = 3
 protocols = ["tcp", "udp", "tcp"]
 ignore_addresses = ["10.0.0.0/8", "fd00::/64", "192.0.2.1"]
 tcp_states = ["established", "syn_sent2"]
+expectations = false
+expect_helpers = ["ftp", "sip", "Q.931", "ftp"]
 [control]
 socket = "/tmp/c.sock"
 [metrics]
@@ -540,6 +542,8 @@ target = "syslog"
   EXPECT_EQ(c.kernel.protocols, (std::vector<uint8_t>{6, 17}));  // duplicates folded
   EXPECT_EQ(c.kernel.ignoreAddresses.size(), 3u);
   EXPECT_EQ(c.kernel.tcpStates, (std::vector<uint8_t>{3, 9}));
+  EXPECT_FALSE(c.kernel.expectations);
+  EXPECT_EQ(c.kernel.expectHelpers, (std::vector<uint8_t>{1, 3, 5}));  // duplicates once
   EXPECT_EQ(c.control.socket, "/tmp/c.sock");
   EXPECT_EQ(c.metrics.listen, "[::1]:9100");
   EXPECT_EQ(c.log.level, LogSettings::Level::kDebug);
@@ -590,6 +594,12 @@ TEST(ConfigTest, DaemonValuesAreChecked) {
             "test.toml:2:13: key 'kernel.protocols': element 2: expected one of \"tcp\", "
             "\"udp\", \"udplite\", \"icmp\", \"icmpv6\", \"sctp\", \"dccp\", \"gre\", got "
             "\"ospf\"");
+  EXPECT_EQ(parseError("[kernel]\nexpect_helpers = [\"ftp\", \"http\"]\n"),
+            "test.toml:2:18: key 'kernel.expect_helpers': element 2: expected one of \"ftp\", "
+            "\"tftp\", \"sip\", \"RAS\", \"Q.931\", \"H.245\", \"irc\", \"pptp\", \"amanda\", "
+            "\"sane\", \"snmp\", \"snmp_trap\", \"netbios-ns\", got \"http\"");
+  EXPECT_EQ(parseError("[kernel]\nexpectations = \"yes\"\n"),
+            "test.toml:2:16: key 'kernel.expectations': expected a boolean");
   EXPECT_EQ(parseError("[kernel]\nignore_addresses = [\"10.0.0.0/33\"]\n"),
             "test.toml:2:20: key 'kernel.ignore_addresses': element 1: \"/33\" is not a prefix "
             "length 0..32");
