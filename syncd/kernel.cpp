@@ -26,6 +26,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "syncd/netlink.hpp"
 #include "table/helpers.hpp"
 #include "table/format.hpp"
 #include "table/tcp.hpp"
@@ -74,19 +75,10 @@ constexpr size_t kMaxErrorLines = 8;
 constexpr auto kEchoLifetime = std::chrono::seconds(5);
 constexpr auto kAnswerTimeout = std::chrono::seconds(10);
 
-struct NfctDeleter {
-  void operator()(nf_conntrack* ct) const { nfct_destroy(ct); }
-};
-using NfctPtr = std::unique_ptr<nf_conntrack, NfctDeleter>;
-
-struct MnlDeleter {
-  void operator()(mnl_socket* s) const { mnl_socket_close(s); }
-};
-using MnlPtr = std::unique_ptr<mnl_socket, MnlDeleter>;
-
-std::string errnoText(int err) {
-  return std::strerror(err);
-}
+using netlink::errnoText;
+using netlink::MnlPtr;
+using netlink::NfctPtr;
+using netlink::setBuffer;
 
 bool hasPorts(uint8_t l4) {
   switch (l4) {
@@ -320,37 +312,13 @@ std::string describe(const FlowKey& key) {
 
 // ---- netlink plumbing ----------------------------------------------------------------------
 
-// A ctnetlink request header (nlmsghdr + nfgenmsg) at `buf`.
+// A ctnetlink (flows) request header at `buf`.
 nlmsghdr* putHeader(void* buf, uint8_t msgType, uint16_t flags, uint32_t seq, uint8_t family) {
-  nlmsghdr* nlh = mnl_nlmsg_put_header(buf);
-  nlh->nlmsg_type = static_cast<uint16_t>((NFNL_SUBSYS_CTNETLINK << 8) | msgType);
-  nlh->nlmsg_flags = static_cast<uint16_t>(NLM_F_REQUEST | flags);
-  nlh->nlmsg_seq = seq;
-  auto* nfh = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
-  nfh->nfgen_family = family;
-  nfh->version = NFNETLINK_V0;
-  nfh->res_id = 0;
-  return nlh;
-}
-
-// Buffers with FORCE (we are root in the daemon), falling back to the capped plain option.
-void setBuffer(int fd, int forceOpt, int plainOpt, uint32_t bytes) {
-  const int v = static_cast<int>(std::min<uint32_t>(bytes, INT32_MAX / 2));
-  if (::setsockopt(fd, SOL_SOCKET, forceOpt, &v, sizeof v) != 0) {
-    ::setsockopt(fd, SOL_SOCKET, plainOpt, &v, sizeof v);
-  }
+  return netlink::putHeader(buf, NFNL_SUBSYS_CTNETLINK, msgType, flags, seq, family);
 }
 
 std::variant<MnlPtr, std::string> openNetlink(unsigned groups, const char* what) {
-  MnlPtr nl(mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC));
-  if (!nl) return std::string(what) + ": netlink socket: " + errnoText(errno);
-  if (mnl_socket_bind(nl.get(), groups, MNL_SOCKET_AUTOPID) < 0) {
-    return std::string(what) + ": netlink bind: " + errnoText(errno);
-  }
-  // Errors and acks carry only the header of the request, not all of it back.
-  const int one = 1;
-  ::setsockopt(mnl_socket_get_fd(nl.get()), SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof one);
-  return nl;
+  return netlink::open(groups, what);
 }
 
 // The answer of one request (GET): a parsed entry, ENOENT, or another error.
@@ -465,6 +433,41 @@ NfctPtr parseEntry(const nlmsghdr* m) {
 }
 
 }  // namespace
+
+std::optional<Tuple> origTupleFromKernel(const nf_conntrack* ct) {
+  if (!nfct_attr_is_set(ct, ATTR_ORIG_L3PROTO)) return std::nullopt;
+  Tuple o;
+  switch (nfct_get_attr_u8(ct, ATTR_ORIG_L3PROTO)) {
+    case AF_INET:
+      o.l3 = L3::kIpv4;
+      break;
+    case AF_INET6:
+      o.l3 = L3::kIpv6;
+      break;
+    default:
+      return std::nullopt;
+  }
+  o.l4 = nfct_get_attr_u8(ct, ATTR_ORIG_L4PROTO);
+  o.src = addrAttr(ct, o.l3, ATTR_ORIG_IPV4_SRC, ATTR_ORIG_IPV6_SRC);
+  o.dst = addrAttr(ct, o.l3, ATTR_ORIG_IPV4_DST, ATTR_ORIG_IPV6_DST);
+  if (isIcmp(o.l4)) {
+    o.sport = portAttr(ct, ATTR_ICMP_ID);
+    o.dport = static_cast<uint16_t>((nfct_get_attr_u8(ct, ATTR_ICMP_TYPE) << 8) |
+                                    nfct_get_attr_u8(ct, ATTR_ICMP_CODE));
+  } else {
+    o.sport = portAttr(ct, ATTR_ORIG_PORT_SRC);
+    o.dport = portAttr(ct, ATTR_ORIG_PORT_DST);
+  }
+  return o;
+}
+
+void keyToKernel(const FlowKey& key, nf_conntrack* ct) {
+  setKey(ct, key);
+}
+
+std::string describeFlow(const FlowKey& key) {
+  return describe(key);
+}
 
 std::optional<FlowRecord> fromKernel(const nf_conntrack* ct, const nlmsghdr* msg) {
   std::optional<FlowRecord> r = fromKernel(ct);
@@ -1070,6 +1073,14 @@ struct KernelSource::Impl {
   bool incomplete(const nf_conntrack* ct, const FlowRecord& r, bool isNew) const {
     if (r.key.orig.l4 == table::proto::kTcp && !nfct_attr_is_set(ct, ATTR_TCP_STATE)) return true;
     if ((r.status & table::status::kExpected) && !r.master) return true;
+    // An UPDATE names the helper only when it changed and carries the sequence adjustment only
+    // when a helper just changed it (IPCT_HELPER, IPCT_SEQADJ): without a GET a replica would
+    // lose the FTP helper or the offsets of a control flow at its next update.
+    if ((r.status & table::status::kHelper) && !nfct_attr_is_set(ct, ATTR_HELPER_NAME)) return true;
+    if ((r.status & table::status::kSeqAdjust) &&
+        !nfct_attr_is_set(ct, ATTR_ORIG_NAT_SEQ_CORRECTION_POS)) {
+      return true;
+    }
     return !isNew && labelsSeen && !nfct_attr_is_set(ct, ATTR_CONNLABELS);
   }
 

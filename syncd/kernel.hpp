@@ -60,6 +60,14 @@ std::optional<FlowRecord> fromKernel(const nf_conntrack* ct, const nlmsghdr* msg
 // no tuples other than the original).
 void toKernel(const FlowRecord& r, uint32_t timeoutSec, nf_conntrack* ct, bool forUpdate);
 
+// The original tuple of `ct` (ATTR_ORIG_*), for objects that hold one tuple only (an
+// expectation's master, expected tuple, mask); empty when not IPv4/IPv6.
+std::optional<table::Tuple> origTupleFromKernel(const nf_conntrack* ct);
+// Sets the original tuple and zone of `ct`: what a delete, a GET or an expectation's tuples need.
+void keyToKernel(const FlowKey& key, nf_conntrack* ct);
+// "tcp 10.0.0.1:1234 -> 10.0.0.2:80" (and " zone N"), for logs and errors.
+std::string describeFlow(const FlowKey& key);
+
 // ---- filters ([kernel] protocols, ignore_addresses, tcp_states) ------------------------------
 
 class KernelFilter {

@@ -8,6 +8,8 @@
 
 // The header under test comes first: it puts <utility> before Asio (Boost 1.74, GCC 12, C++20).
 #include "syncd/kernel.hpp"
+#include "syncd/kernel_expect.hpp"
+#include "table/helpers.hpp"
 #include "tests/support/tuples.hpp"
 // (system headers after)
 #include <arpa/inet.h>
@@ -1171,6 +1173,168 @@ TEST_F(KernelNetns, CommitRate) {
   RecordProperty("creates_per_second", static_cast<int>(rate));
   RecordProperty("updates_per_second", static_cast<int>(updateRate));
   RecordProperty("single_message_per_second", static_cast<int>(singleRate));
+}
+
+// ---- expectations ------------------------------------------------------------------------
+
+// An FTP data connection as the ftp helper announces it after a PORT from 10.70.1.1 through
+// masquerade: any source port of the server, to the firewall's address and the announced port;
+// NATed back to the client's address and port by nat-follow-master.
+replication::ExpectRecord ftpExpectation(const FlowRecord& master, uint16_t port) {
+  replication::ExpectRecord e;
+  e.master = master.key.orig;
+  e.key.expected = tuple(L3::kIpv4, proto::kTcp, master.key.orig.dst, v4(0x0a460101), 0, port);
+  e.mask = tuple(L3::kIpv4, proto::kTcp, Addr::v4(0xffffffff), Addr::v4(0xffffffff), 0, 0xffff);
+  e.timeoutSec = 200;
+  e.helper = 1;
+  return e;
+}
+
+std::unique_ptr<KernelExpectSink> openExpectSink() {
+  auto s = KernelExpectSink::open(conf::KernelSettings{});
+  if (auto* e = std::get_if<std::string>(&s)) {
+    ADD_FAILURE() << *e;
+    return nullptr;
+  }
+  return std::move(std::get<std::unique_ptr<KernelExpectSink>>(s));
+}
+
+// The sink creates expectations under masters it committed (with their helper), with the
+// remaining time (not the helper's 5 minutes), NAT and expectfn included; the source reads the
+// same records back from a dump and follows NEW and DESTROY events; conntrack(8) lists them.
+TEST_F(KernelNetns, ExpectationsCommittedDumpedAndFollowed) {
+  // nat-follow-master is registered by the NAT core: have a NAT table in the namespace.
+  ASSERT_TRUE(sh("nft add table ip ctsync_nat"));
+  ASSERT_TRUE(sh("nft add chain ip ctsync_nat post '{ type nat hook postrouting priority 100; }'"));
+  // Events of an expectation need the event extension on its master: the flow source sets
+  // this in the daemon before anything is committed.
+  ASSERT_TRUE(sh("sysctl -qw net.netfilter.nf_conntrack_events=1"));
+  auto sink = openSink();
+  auto esink = openExpectSink();
+  ASSERT_TRUE(sink && esink);
+  // One master each: the ftp helper allows one expectation per master (max_expected 1), a
+  // second evicts the first.
+  std::vector<FlowRecord> masters;
+  for (uint16_t i = 0; i < 3; ++i) {
+    masters.push_back(tcpFlow(0x0a460001, static_cast<uint16_t>(40000 + i), 0x0a460002, 21));
+    masters.back().helper = 1;
+  }
+  ASSERT_EQ(sink->commit(masters).created, 3u);
+
+  replication::ExpectRecord plain = ftpExpectation(masters[0], 50000);
+  replication::ExpectRecord nat = ftpExpectation(masters[1], 50001);
+  nat.fn = *table::expectFnCode("nat-follow-master");
+  // The client's address and port the helper saved travel as the tuple's source.
+  nat.natTuple = tuple(L3::kIpv4, proto::kTcp, v4(0x0a010064), Addr{}, 40001, 0);
+  nat.natDir = 1;
+  const std::vector<replication::ExpectRecord> both = {plain, nat};
+  ExpectCommitResult res = esink->commit(both);
+  EXPECT_EQ(res.created, 2u);
+  EXPECT_EQ(res.failed, 0u);
+  EXPECT_TRUE(res.errors.empty()) << res.errors.front();
+
+  const std::string listed = out("conntrack -L expect");
+  EXPECT_NE(listed.find("proto=6 src=10.70.0.2 dst=10.70.1.1 sport=0 dport=50000 "
+                        "mask-src=255.255.255.255 mask-dst=255.255.255.255 sport=0 dport=65535 "
+                        "master-src=10.70.0.1 master-dst=10.70.0.2 sport=40000 dport=21 class=0 "
+                        "helper=ftp"),
+            std::string::npos)
+      << listed;
+  EXPECT_NE(listed.find("sport=40001 dport=21 class=0 helper=ftp"), std::string::npos) << listed;
+
+  boost::asio::io_context io;
+  std::unordered_map<uint16_t, replication::ExpectRecord> seen;  // by expected port
+  int begins = 0, ends = 0, removes = 0;
+  KernelExpectSource::Callbacks cb;
+  cb.upsert = [&](const replication::ExpectRecord& e) { seen[e.key.expected.dport] = e; };
+  cb.remove = [&](const replication::ExpectKey& k) {
+    ++removes;
+    seen.erase(k.expected.dport);
+  };
+  cb.dumpBegin = [&] { ++begins; };
+  cb.dumpEnd = [&] { ++ends; };
+  auto opened = KernelExpectSource::open(io, conf::KernelSettings{}, cb);
+  ASSERT_TRUE(std::holds_alternative<std::unique_ptr<KernelExpectSource>>(opened))
+      << std::get<std::string>(opened);
+  auto& src = *std::get<std::unique_ptr<KernelExpectSource>>(opened);
+  src.start();
+  EXPECT_EQ(begins, 1);
+  EXPECT_EQ(ends, 1);
+  ASSERT_EQ(seen.size(), 2u);
+  for (const replication::ExpectRecord* want : {&plain, &nat}) {
+    replication::ExpectRecord got = seen.at(want->key.expected.dport);
+    EXPECT_LE(got.timeoutSec, 200u);  // the remaining time, not the helper's 300 s
+    EXPECT_GE(got.timeoutSec, 195u);
+    got.timeoutSec = want->timeoutSec;
+    EXPECT_EQ(got.key, want->key);
+    EXPECT_EQ(got.mask, want->mask);
+    EXPECT_EQ(got.master, want->master);
+    EXPECT_EQ(got.helper, want->helper);
+    EXPECT_EQ(got.fn, want->fn) << want->key.expected.dport;
+    EXPECT_EQ(got.natTuple.has_value(), want->natTuple.has_value());
+    if (got.natTuple && want->natTuple) {
+      EXPECT_EQ(got.natTuple->src, want->natTuple->src);
+      EXPECT_EQ(got.natTuple->sport, want->natTuple->sport);
+    }
+    EXPECT_EQ(got.natDir, want->natDir);
+    EXPECT_EQ(got.flags, want->flags);
+    EXPECT_EQ(got, *want) << want->key.expected.dport;
+  }
+
+  // Events: one more, then it is removed with conntrack(8).
+  replication::ExpectRecord third = ftpExpectation(masters[2], 50002);
+  ASSERT_EQ(esink->commit(std::span<const replication::ExpectRecord>(&third, 1)).created, 1u);
+  ASSERT_TRUE(pump(io, [&] { return seen.count(50002) == 1; }));
+  EXPECT_EQ(src.counters().newEvents, 1u);
+  const replication::ExpectKey gone = third.key;
+  res = esink->commit({}, std::span<const replication::ExpectKey>(&gone, 1));
+  EXPECT_EQ(res.deleted, 1u);
+  ASSERT_TRUE(pump(io, [&] { return seen.count(50002) == 0; }));
+  EXPECT_EQ(removes, 1);
+  // Deleting it again: absent, not an error; the others are still there (a delete names its
+  // tuple: one without would flush them all).
+  res = esink->commit({}, std::span<const replication::ExpectKey>(&gone, 1));
+  EXPECT_EQ(res.absent, 1u);
+  EXPECT_EQ(res.failed, 0u);
+  EXPECT_NE(out("conntrack -L expect").find("dport=50000"), std::string::npos);
+
+  // The masters go: their expectations die with them (DESTROY events).
+  ASSERT_TRUE(sh("conntrack -D -p tcp --orig-src 10.70.0.1"));
+  ASSERT_TRUE(pump(io, [&] { return seen.empty(); }));
+  EXPECT_EQ(src.counters().destroyEvents, 3u);
+
+  // Without the master in the kernel a create fails, counted and named.
+  res = esink->commit(std::span<const replication::ExpectRecord>(&plain, 1));
+  EXPECT_EQ(res.failed, 1u);
+  EXPECT_EQ(res.noMaster, 1u);
+  ASSERT_EQ(res.errors.size(), 1u);
+  EXPECT_EQ(res.errors[0], "tcp 10.70.0.2:0 -> 10.70.1.1:50000: No such file or directory");
+  EXPECT_EQ(src.counters().overruns, 0u);
+}
+
+// A helper filter ([kernel] expect_helpers) leaves the others' expectations out.
+TEST_F(KernelNetns, ExpectationHelperFilter) {
+  auto sink = openSink();
+  auto esink = openExpectSink();
+  ASSERT_TRUE(sink && esink);
+  FlowRecord master = tcpFlow(0x0a460001, 40000, 0x0a460002, 21);
+  master.helper = 1;
+  ASSERT_EQ(sink->commit(std::span<const FlowRecord>(&master, 1)).created, 1u);
+  const replication::ExpectRecord e = ftpExpectation(master, 50000);
+  ASSERT_EQ(esink->commit(std::span<const replication::ExpectRecord>(&e, 1)).created, 1u);
+  boost::asio::io_context io;
+  int upserts = 0;
+  KernelExpectSource::Callbacks cb;
+  cb.upsert = [&](const replication::ExpectRecord&) { ++upserts; };
+  conf::KernelSettings only;
+  only.expectHelpers = {*table::helperCode("tftp")};
+  auto opened = KernelExpectSource::open(io, only, cb);
+  ASSERT_TRUE(std::holds_alternative<std::unique_ptr<KernelExpectSource>>(opened));
+  auto& src = *std::get<std::unique_ptr<KernelExpectSource>>(opened);
+  src.start();
+  EXPECT_EQ(upserts, 0);
+  EXPECT_EQ(src.counters().filtered, 1u);
+  EXPECT_EQ(src.counters().dumped, 1u);
 }
 
 }  // namespace
