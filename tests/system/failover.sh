@@ -89,7 +89,7 @@ NOTIFY="$REPO_DIR/conf/keepalived/ctsync-notify.sh"
 remove_stale_namespaces
 make_work "$OUT"
 
-pair_init
+pair_init 10.1.0.10
 TCP_PORT=5001
 UDP_PORT=5003
 

@@ -274,10 +274,10 @@ setup_topology() {
     ip -n "$SRV" link set "$fw" master br0 up
   done
   ip link add sync0 netns "${NS[fw1]}" type veth peer name sync0 netns "${NS[fw2]}"
-  ip -n "$CLI" addr add $CLIENT/24 dev br0
+  ip -n "$CLI" addr add "$CLIENT/24" dev br0
   ip -n "$CLI" link set br0 up
-  ip -n "$CLI" route add default via $IN_VIP
-  ip -n "$SRV" addr add $SERVER/24 dev br0
+  ip -n "$CLI" route add default via "$IN_VIP"
+  ip -n "$SRV" addr add "$SERVER/24" dev br0
   ip -n "$SRV" link set br0 up
   for fw in fw1 fw2; do
     local ns=${NS[$fw]}
@@ -352,6 +352,7 @@ ctl() {  # FW ARGS...
   ip netns exec "${NS[$fw]}" timeout 30 "$CTSYNCCTL" --socket "${SOCK[$fw]}" "$@"
 }
 
+# shellcheck disable=SC2153  # LINK and COMMIT are the script's
 write_config() {  # FW ROLE
   local fw=$1 role=$2 id=${1#fw} link
   if [ "$LINK" = unicast ]; then
