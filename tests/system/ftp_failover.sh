@@ -123,7 +123,8 @@ write_config fw1 active
 if ! out=$("$CTSYNCD" --config "$WORK/fw1.toml" --check 2>&1); then
   if [ $CONTROL -eq 1 ] && grep -q expectations <<<"$out"; then
     log "ctsyncd refuses the control's config: $out"
-    skip "this ctsyncd has no [kernel] expectations key yet (it does not replicate expectations at all)"
+    skip "this ctsyncd has no [kernel] expectations key yet" \
+      "(it does not replicate expectations at all)"
   fi
   fail "ctsyncd refuses the generated config: $out"
 fi
@@ -272,7 +273,9 @@ held() {
 }
 # The server's TCP segments queued out of order: the client's bytes arriving shifted, as they
 # do when a firewall forwards a control flow without its sequence adjustment.
-ofo() { ip netns exec "$SRV" nstat -asz TcpExtTCPOFOQueue | awk '$1 == "TcpExtTCPOFOQueue" { print $2 }'; }
+ofo() {
+  ip netns exec "$SRV" nstat -asz TcpExtTCPOFOQueue | awk '$1 == "TcpExtTCPOFOQueue" { print $2 }'
+}
 
 start_bg client "$CLI" "$PY" "$TRAFFIC" failover --server "$SERVER" --files "$FILES" \
   --status "$WORK/client.status" --go "$WORK/go" --report "$WORK/client.json" \
@@ -379,7 +382,8 @@ for id in s1-noop s1-pasv-list s1-port-list s2a s2b s2c s3a s3a-noop s3b s3b-noo
 done
 check "after: $AFTER forwarded s2a's data connection (server -> client:$PORT_BEFORE) as RELATED" \
   counter_positive "${NS[$AFTER]}" port_before
-check "after: $AFTER forwarded s2c's data connection (server -> client:$PORT_BEFORE_LEN) as RELATED" \
+what="s2c's data connection (server -> client:$PORT_BEFORE_LEN)"
+check "after: $AFTER forwarded $what as RELATED" \
   counter_positive "${NS[$AFTER]}" port_before_len
 check "after: $AFTER forwarded s2b's data connection (client:$PASV_BEFORE -> server) as RELATED" \
   counter_positive "${NS[$AFTER]}" pasv_before

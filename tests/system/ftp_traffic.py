@@ -120,7 +120,8 @@ def retr_checked(f: ftplib.FTP, name: str, want: str, progress: list | None = No
 
     f.retrbinary(f"RETR {name}", chunk, blocksize=16384)
     if got.hexdigest() != want:
-        raise ValueError(f"{name}: {n[0]} bytes, sha256 {got.hexdigest()[:16]}… != {want[:16]}…")
+        raise ValueError(f"{name}: {n[0]} bytes, sha256 {got.hexdigest()[:16]}… "
+                         f"!= {want[:16]}…")
     return f"{n[0]} bytes, sha256 ok, 226 received"
 
 
@@ -229,7 +230,8 @@ def cmd_sanity(a) -> int:
         finally:
             f.close()
 
-    checks.run("sanity-active", "sanity: active-mode RETR (PORT rewritten), then NOOP and LIST", active)
+    checks.run("sanity-active", "sanity: active-mode RETR (PORT rewritten), then NOOP and LIST",
+               active)
     checks.run("sanity-passive", "sanity: passive-mode RETR", passive)
     info: dict = {}
     checks.run("sanity-tftp", "sanity: TFTP read",
@@ -262,7 +264,8 @@ def cmd_failover(a) -> int:
         s1 = login(a.server)
         s1.set_pasv(False)
         report["port_address"] = ",".join(s1.sock.getsockname()[0].split("."))
-        checks.add("s1-before", "before: s1 active RETR (PORT rewritten)", True, retr_checked(s1, "small.bin", small))
+        checks.add("s1-before", "before: s1 active RETR (PORT rewritten)", True,
+                   retr_checked(s1, "small.bin", small))
         s1.voidcmd("NOOP")
     except Exception as e:
         checks.add("s1-before", "before: s1 active RETR (PORT rewritten)", False, describe(e))
@@ -357,14 +360,16 @@ def cmd_failover(a) -> int:
             lines: list[str] = []
             s1.retrlines("LIST", lines.append)
             return f"{len(lines)} lines"
-        checks.run("s1-pasv-list", "after: s1 passive LIST on the old control connection", pasv_list)
+        checks.run("s1-pasv-list", "after: s1 passive LIST on the old control connection",
+                   pasv_list)
 
         def port_list():
             s1.set_pasv(False)
             lines: list[str] = []
             s1.retrlines("LIST", lines.append)
             return f"{len(lines)} lines (a new PORT: the helper followed the connection)"
-        checks.run("s1-port-list", "after: s1 active LIST (a new PORT) on the old control connection", port_list)
+        checks.run("s1-port-list",
+                   "after: s1 active LIST (a new PORT) on the old control connection", port_list)
 
     def port_after(cid: str, what: str):
         f, listener = ports[cid]
@@ -382,7 +387,8 @@ def cmd_failover(a) -> int:
             got = hashlib.sha256(body).hexdigest()
             if got != small:
                 raise ValueError(f"{len(body)} bytes, sha256 mismatch")
-            return f"{resp[:3]}, connection from {peer[0]}:{peer[1]}, {len(body)} bytes ok, {done[:3]}"
+            return (f"{resp[:3]}, connection from {peer[0]}:{peer[1]}, {len(body)} bytes ok, "
+                    f"{done[:3]}")
         checks.run(cid, f"after: {cid} data connection announced before ({what}), RETR", retr)
 
     def s2b_after():
@@ -409,7 +415,8 @@ def cmd_failover(a) -> int:
         t.join(max(0.0, end - time.monotonic()))
     for t, name in zip(transfer_threads + [t4], ("s3a", "s3b", "s4")):
         if t.is_alive():
-            checks.add(name, f"across: {name}", False, f"still running {TRANSFER_TIMEOUT_S:.0f} s after the go")
+            checks.add(name, f"across: {name}", False,
+                       f"still running {TRANSFER_TIMEOUT_S:.0f} s after the go")
     if "first_data" in tftp_info:
         tftp_info["first_data_after_go"] = round(tftp_info["first_data"] - t_go, 3)
     tftp_info.pop("go", None)
@@ -430,7 +437,8 @@ def cmd_show(a) -> int:
     with open(a.report) as f:
         r = json.load(f)
     for c in r["checks"]:
-        print(f"{'ok  ' if c['ok'] else 'FAIL'} [{c['id']}] {c['name']}: {c['detail']} ({c['seconds']} s)")
+        verdict = "ok  " if c["ok"] else "FAIL"
+        print(f"{verdict} [{c['id']}] {c['name']}: {c['detail']} ({c['seconds']} s)")
     return 0 if all(c["ok"] for c in r["checks"]) else 1
 
 
