@@ -5,7 +5,8 @@
 #
 #   build    compiling ctsyncd and ctsyncctl (the container image's build stage uses only this)
 #   test     the test suite: GoogleTest, the fuzzer's clang, namespaces, nftables, conntrack,
-#            keepalived, conntrackd (the benchmark's baseline)
+#            keepalived, conntrackd (the benchmark's baseline), vsftpd and tftpd-hpa (servers
+#            of the FTP/TFTP failover test)
 #   docker   the compose cluster (docker/demo.sh): Debian's Docker engine, docker-compose,
 #            debootstrap (the base image, where no registry is reachable)
 #
@@ -32,6 +33,8 @@ test_packages=(
   iproute2 nftables conntrack tcpreplay ethtool python3 python3-scapy tcpdump
   # system tests and benchmarks: VRRP, gratuitous ARP, the daemon we compare with
   keepalived iputils-arping conntrackd
+  # the FTP/TFTP failover test's servers (ftp_failover.sh; its clients are Python's stdlib)
+  vsftpd tftpd-hpa
 )
 # apparmor: Debian's dockerd 20.10 cannot start containers on an AppArmor kernel without its
 # parser; ca-certificates: pulls from a registry, where there is one.
@@ -73,7 +76,7 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-# keepalived, conntrackd and docker are test tools here, not services: keep apt from starting
+# keepalived, conntrackd, vsftpd, tftpd-hpa and docker are test tools here, not services: keep apt from starting
 # them on this host (Debian's policy-rc.d convention), unless the host already has its own policy.
 policy=/usr/sbin/policy-rc.d
 own_policy=0

@@ -225,3 +225,197 @@ cleanup() {
   fi
   exit $rc
 }
+
+# ---- the firewall pair (failover.sh, ftp_failover.sh) ---------------------------------------
+#
+#   cli CLIENT ──br0──┬── in0 fw1 out0 ──┬──br0── srv 192.0.2.10
+#   (default via VIP) └── in0 fw2 out0 ──┘        (no route to 10.1.0.0/24)
+#                         sync0 ═══ sync0   10.9.0.1 / 10.9.0.2 (ctsync, VRRP)
+#
+# The functions below use the script's COMMIT (on-promote|continuous), LINK (unicast|multicast),
+# CTSYNCD and CTSYNCCTL, and two optional additions: FW_NFT_EXTRA (nft files loaded on both
+# firewalls after docker/nftables.conf) and KERNEL_EXTRA (lines appended to ctsyncd's [kernel]).
+declare -a FW_NFT_EXTRA=()
+KERNEL_EXTRA=""
+
+# Names and addresses of the pair; creates the four namespaces.
+pair_init() {  # [CLIENT_ADDRESS] (default 10.1.0.10)
+  CLI=$TAG-cli
+  SRV=$TAG-srv
+  declare -gA NS=([fw1]=$TAG-fw1 [fw2]=$TAG-fw2)
+  local n
+  for n in cli srv fw1 fw2; do add_ns "$n"; done
+  declare -gA SYNC_ADDR=([fw1]=10.9.0.1 [fw2]=10.9.0.2)
+  declare -gA OWN_ADDR=([fw1]=10.1.0.2 [fw2]=10.1.0.3)
+  # Outside, each firewall's own address is in another subnet than the server's, so masquerade
+  # (the primary address of the route's subnet) picks the VIP.
+  declare -gA OWN_OUT_ADDR=([fw1]=198.51.100.2 [fw2]=198.51.100.3)
+  declare -gA SOCK=([fw1]=/run/$TAG-fw1.sock [fw2]=/run/$TAG-fw2.sock)
+  # ctsyncd keeps the role ctsyncctl gave it beside the socket (/run/NAME.role), for a restart.
+  EXTRA_CLEANUP+=("${SOCK[fw1]}" "${SOCK[fw2]}" "/run/$TAG-fw1.role" "/run/$TAG-fw2.role")
+  VIPS=("in0 10.1.0.1/24" "out0 192.0.2.1/24")
+  IN_VIP=10.1.0.1
+  OUT_VIP=192.0.2.1
+  CLIENT=${1:-10.1.0.10}
+  SERVER=192.0.2.10
+}
+
+# ---- topology -------------------------------------------------------------------------------
+
+setup_topology() {
+  local ns fw
+  for ns in "$CLI" "$SRV"; do
+    ip -n "$ns" link add br0 type bridge forward_delay 0 stp_state 0
+  done
+  for fw in fw1 fw2; do
+    ip link add in0 netns "${NS[$fw]}" type veth peer name "$fw" netns "$CLI"
+    ip link add out0 netns "${NS[$fw]}" type veth peer name "$fw" netns "$SRV"
+    ip -n "$CLI" link set "$fw" master br0 up
+    ip -n "$SRV" link set "$fw" master br0 up
+  done
+  ip link add sync0 netns "${NS[fw1]}" type veth peer name sync0 netns "${NS[fw2]}"
+  ip -n "$CLI" addr add "$CLIENT/24" dev br0
+  ip -n "$CLI" link set br0 up
+  ip -n "$CLI" route add default via "$IN_VIP"
+  ip -n "$SRV" addr add "$SERVER/24" dev br0
+  ip -n "$SRV" link set br0 up
+  for fw in fw1 fw2; do
+    local ns=${NS[$fw]}
+    ip -n "$ns" addr add "${OWN_ADDR[$fw]}/24" dev in0
+    ip -n "$ns" addr add "${OWN_OUT_ADDR[$fw]}/24" dev out0
+    ip -n "$ns" addr add "${SYNC_ADDR[$fw]}/24" dev sync0
+    ip -n "$ns" link set in0 up
+    ip -n "$ns" link set out0 up
+    ip -n "$ns" link set sync0 up
+    # The demo cluster's ruleset (docker/nftables.conf, in0 inside, out0 outside).
+    ip netns exec "$ns" nft -f "$REPO_DIR/docker/nftables.conf"
+    local extra
+    for extra in "${FW_NFT_EXTRA[@]}"; do
+      ip netns exec "$ns" nft -f "$extra"
+    done
+    # After the ruleset: its conntrack expressions load nf_conntrack into the namespace.
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_loose=0
+  done
+}
+
+link_state() {  # FW up|down
+  local dev
+  for dev in in0 out0 sync0; do
+    ip -n "${NS[$1]}" link set "$dev" "$2"
+  done
+}
+
+has_vip() {  # FW
+  ip -n "${NS[$1]}" -o addr show dev in0 | grep -q "inet $IN_VIP/" &&
+    ip -n "${NS[$1]}" -o addr show dev out0 | grep -q "inet $OUT_VIP/"
+}
+
+garp() {  # FW DEV ADDR, in the background
+  local fw=$1 dev=$2 addr=$3
+  if command -v arping >/dev/null && arping -V 2>&1 | grep -q iputils; then
+    ip netns exec "${NS[$fw]}" timeout 3 arping -q -U -c 2 -I "$dev" "$addr" &
+  else
+    ip netns exec "${NS[$fw]}" timeout 3 "$PY" "$SYSTEM_DIR/garp.py" --count 2 "$dev" "$addr" &
+  fi
+  GARP_PIDS+=($!)
+}
+declare -a GARP_PIDS=()
+reap_garps() {
+  local pid
+  for pid in "${GARP_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  GARP_PIDS=()
+}
+
+raise_vips() {  # FW: addresses up, then gratuitous ARP on both sides
+  local v
+  for v in "${VIPS[@]}"; do
+    ip -n "${NS[$1]}" addr replace "${v#* }" dev "${v%% *}"
+  done
+  for v in "${VIPS[@]}"; do
+    local a=${v#* }
+    garp "$1" "${v%% *}" "${a%/*}"
+  done
+}
+
+drop_vips() {  # FW
+  local v
+  for v in "${VIPS[@]}"; do
+    ip -n "${NS[$1]}" addr del "${v#* }" dev "${v%% *}" 2>/dev/null || true
+  done
+}
+
+# ---- ctsyncd --------------------------------------------------------------------------------
+
+ctl() {  # FW ARGS...
+  local fw=$1
+  shift
+  ip netns exec "${NS[$fw]}" timeout 30 "$CTSYNCCTL" --socket "${SOCK[$fw]}" "$@"
+}
+
+# shellcheck disable=SC2153  # LINK and COMMIT are the script's
+write_config() {  # FW ROLE
+  local fw=$1 role=$2 id=${1#fw} link
+  if [ "$LINK" = unicast ]; then
+    link="kind = \"unicast\"
+interface = \"sync0\"
+local_address = \"${SYNC_ADDR[$fw]}\"
+port = 3780
+peers = [\"${SYNC_ADDR[fw1]}\", \"${SYNC_ADDR[fw2]}\"]"
+  else
+    link="kind = \"multicast\"
+interface = \"sync0\"
+group = \"239.255.42.7\"
+port = 3780"
+  fi
+  cat >"$WORK/$fw.toml" <<EOF
+# $fw of the failover test ($(basename "$0")), generated.
+[node]
+id = $id
+cluster_id = 7
+role = "$role"
+
+[sync]
+key_file = "$WORK/sync.key"
+
+[[sync.link]]
+$link
+
+[kernel]
+commit = "$COMMIT"
+# The sync link (ctsync and VRRP datagrams) is not a flow to sync.
+ignore_addresses = ["10.9.0.0/24"]${KERNEL_EXTRA:+
+$KERNEL_EXTRA}
+
+[control]
+socket = "${SOCK[$1]}"
+
+[log]
+level = "debug"
+EOF
+}
+
+start_ctsyncd() {  # FW ROLE
+  local fw=$1 t0
+  write_config "$fw" "$2"
+  t0=$(now)
+  start_bg "ctsyncd-$fw" "${NS[$fw]}" "$CTSYNCD" --config "$WORK/$fw.toml"
+  local i
+  for ((i = 0; i < 200; i++)); do
+    alive "ctsyncd-$fw" || fail "ctsyncd on $fw exited at start (see ctsyncd-$fw.log)"
+    ctl "$fw" status >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  ctl "$fw" status >/dev/null 2>&1 || fail "ctsyncd on $fw does not answer ctsyncctl status in 10 s"
+  log "$fw: ctsyncd up as $2 ($(elapsed "$t0") s to answer)"
+}
+
+# `ctsyncctl status` field as a number ("replica flows: 12" -> 12); empty if absent.
+status_num() {  # FW FIELD
+  ctl "$1" status 2>/dev/null | awk -F': *' -v k="$2" '$1 == k { print $2 + 0; exit }'
+}
+
+show_status() {  # FW
+  log "$1 status:"
+  ctl "$1" status 2>&1 | sed 's/^/    /' || true
+}
+
