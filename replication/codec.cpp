@@ -34,6 +34,12 @@ constexpr size_t kMaxSegments = 16;
 constexpr size_t kMaxRecords = 8192;
 constexpr size_t kMaxNackRanges = 8192;  // per datagram, Nack and Covered ranges together
 constexpr uint8_t kMaxTcpScale = 14;     // RFC 7323; the kernel clamps to it as well
+// Largest values of the kernel's enums (include/uapi/linux/netfilter/nf_conntrack_{sctp,
+// dccp}.h, Linux 6.x): SCTP_CONNTRACK_MAX - 1 (HEARTBEAT_ACKED, still numbered in older
+// kernels), CT_DCCP_INVALID, CT_DCCP_ROLE_SERVER.
+constexpr uint8_t kMaxSctpState = 9;
+constexpr uint8_t kMaxDccpState = 9;
+constexpr uint8_t kMaxDccpRole = 1;
 
 // Layout facts the size accounting below relies on (see DatagramBuilder).
 constexpr size_t kDatagramDataWords = wire::Datagram::_capnpPrivate::dataWordSize;
@@ -169,6 +175,14 @@ void encodeTuple(wire::Tuple::Builder b, const table::Tuple& t) {
   }
 }
 
+// Whether the flow needs its FlowExtra part: null on the wire when all of it is zero.
+bool hasExtra(const FlowRecord& r) {
+  constexpr SeqAdjust kNone{};
+  return r.seqAdj[0] != kNone || r.seqAdj[1] != kNone || r.sctpState != 0 ||
+         r.sctpVtag[0] != 0 || r.sctpVtag[1] != 0 || r.dccpState != 0 || r.dccpRole != 0 ||
+         r.dccpHandshakeSeq != 0;
+}
+
 void encodeFlow(wire::Record::Flow::Builder f, const FlowRecord& r, const Bases& bases) {
   const table::Tuple& o = r.key.orig;
   // conntrack never changes the family or protocol between directions; anything else is
@@ -226,6 +240,21 @@ void encodeFlow(wire::Record::Flow::Builder f, const FlowRecord& r, const Bases&
     }
   }
   if (!xorReply) encodeTuple(f.initReplyFull(), r.reply);
+  if (hasExtra(r)) {
+    auto x = f.initExtra();
+    x.setSeqAdjOrigPos(r.seqAdj[0].correctionPos);
+    x.setSeqAdjOrigBefore(r.seqAdj[0].offsetBefore);
+    x.setSeqAdjOrigAfter(r.seqAdj[0].offsetAfter);
+    x.setSeqAdjReplyPos(r.seqAdj[1].correctionPos);
+    x.setSeqAdjReplyBefore(r.seqAdj[1].offsetBefore);
+    x.setSeqAdjReplyAfter(r.seqAdj[1].offsetAfter);
+    x.setSctpState(r.sctpState);
+    x.setSctpVtagOrig(r.sctpVtag[0]);
+    x.setSctpVtagReply(r.sctpVtag[1]);
+    x.setDccpState(r.dccpState);
+    x.setDccpRole(r.dccpRole);
+    x.setDccpHandshakeSeq(r.dccpHandshakeSeq);
+  }
 }
 
 void encodeDelete(wire::Record::Delete::Builder d, const FlowDelete& r, const Bases& bases) {
@@ -314,7 +343,7 @@ void encodeDatagram(capnp::MessageBuilder& msg, const Header& h, const Bases& ba
 
 // Words of the scratch arena a record needs (root pointer, element, out-of-line parts).
 size_t scratchWordsFor(const Record& r) {
-  size_t n = 64;
+  size_t n = 128;  // a flow with every out-of-line part in IPv6 takes about 50
   if (const auto* nack = std::get_if<Nack>(&r)) n += 2 * nack->missing.size();
   if (const auto* covered = std::get_if<Covered>(&r)) n += 2 * covered->ranges.size();
   return n;
@@ -454,7 +483,8 @@ std::variant<table::Tuple, Check> decodeTuple(wire::Tuple::Reader t) {
   return Check::kUnknown;
 }
 
-std::variant<Record, Check> decodeFlow(wire::Record::Flow::Reader f, const Bases& bases) {
+std::variant<Record, Check> decodeFlow(wire::Record::Flow::Reader f, const Bases& bases,
+                                       unsigned minor) {
   FlowRecord r;
   table::Tuple& o = r.key.orig;
   o.l4 = f.getL4();
@@ -517,6 +547,22 @@ std::variant<Record, Check> decodeFlow(wire::Record::Flow::Reader f, const Bases
     if (const auto* c = std::get_if<Check>(&master)) return *c;
     r.master = std::get<table::Tuple>(master);
   }
+  if (f.hasExtra()) {
+    if (minor < 3) return Check::kBad;
+    const auto x = f.getExtra();
+    r.seqAdj[0] = SeqAdjust{x.getSeqAdjOrigPos(), x.getSeqAdjOrigBefore(), x.getSeqAdjOrigAfter()};
+    r.seqAdj[1] =
+        SeqAdjust{x.getSeqAdjReplyPos(), x.getSeqAdjReplyBefore(), x.getSeqAdjReplyAfter()};
+    r.sctpState = x.getSctpState();
+    r.sctpVtag[0] = x.getSctpVtagOrig();
+    r.sctpVtag[1] = x.getSctpVtagReply();
+    r.dccpState = x.getDccpState();
+    r.dccpRole = x.getDccpRole();
+    r.dccpHandshakeSeq = x.getDccpHandshakeSeq();
+    if (r.sctpState > kMaxSctpState || r.dccpState > kMaxDccpState || r.dccpRole > kMaxDccpRole) {
+      return Check::kBad;
+    }
+  }
   r.version.generation = f.getGeneration();
   r.version.hlc = bases.hlc + unzigzag(f.getHlcDelta());
   r.version.node = static_cast<uint16_t>(bases.node ^ f.getVersionNodeXor());
@@ -563,11 +609,12 @@ bool decodeRanges(capnp::List<wire::SeqRange>::Reader in, std::vector<SeqRange>&
   return true;
 }
 
+// `minor`: the datagram's minor version (parts of a later minor are errors in it).
 std::variant<Record, Check> decodeRecord(wire::Record::Reader rec, const Bases& bases,
-                                         size_t& nackRanges) {
+                                         unsigned minor, size_t& nackRanges) {
   switch (rec.which()) {
     case wire::Record::FLOW:
-      return decodeFlow(rec.getFlow(), bases);
+      return decodeFlow(rec.getFlow(), bases, minor);
     case wire::Record::DELETE:
       return decodeDelete(rec.getDelete(), bases);
     case wire::Record::ACK: {
@@ -626,7 +673,7 @@ std::variant<Decoded, DecodeError> decodeMessage(kj::ArrayPtr<const word> words)
   out.records.reserve(records.size());
   size_t nackRanges = 0;
   for (const auto rec : records) {
-    auto r = decodeRecord(rec, bases, nackRanges);
+    auto r = decodeRecord(rec, bases, minor, nackRanges);
     if (auto* record = std::get_if<Record>(&r)) {
       out.records.push_back(std::move(*record));
     } else if (std::get<Check>(r) == Check::kBad || !newerMinor) {

@@ -48,13 +48,19 @@ auto tupleView(const table::Tuple& t) {
   return std::make_tuple(t.src.bytes, t.dst.bytes, t.sport, t.dport, t.l3, t.l4);
 }
 
+auto seqAdjView(const SeqAdjust& a) {
+  return std::make_tuple(a.correctionPos, a.offsetBefore, a.offsetAfter);
+}
+
 // The fields rule 2 takes from the base record (all but key, version, sticky bits, tcpState).
 auto contentView(const FlowRecord& r) {
   static const table::Tuple kNoMaster{};
   return std::make_tuple(tupleView(r.reply), r.status & ~kStickyStatus, r.tcpFlags[0],
                          r.tcpFlags[1], r.tcpScale[0], r.tcpScale[1], r.timeoutSec, r.mark,
                          r.labels, r.helper, r.master.has_value(),
-                         tupleView(r.master ? *r.master : kNoMaster));
+                         tupleView(r.master ? *r.master : kNoMaster), seqAdjView(r.seqAdj[0]),
+                         seqAdjView(r.seqAdj[1]), r.sctpState, r.sctpVtag[0], r.sctpVtag[1],
+                         r.dccpState, r.dccpRole, r.dccpHandshakeSeq);
 }
 
 // Equality of N bytes in 8-byte words (GCC calls memcmp for these sizes): for types without
@@ -93,7 +99,11 @@ bool sameContent(const FlowRecord& a, const FlowRecord& b) {
          a.timeoutSec == b.timeoutSec && a.mark == b.mark &&
          sameBytes<sizeof(a.labels)>(a.labels.data(), b.labels.data()) && a.helper == b.helper &&
          a.master.has_value() == b.master.has_value() &&
-         (!a.master || sameTuple(*a.master, *b.master));
+         (!a.master || sameTuple(*a.master, *b.master)) && a.seqAdj[0] == b.seqAdj[0] &&
+         a.seqAdj[1] == b.seqAdj[1] && a.sctpState == b.sctpState &&
+         a.sctpVtag[0] == b.sctpVtag[0] && a.sctpVtag[1] == b.sctpVtag[1] &&
+         a.dccpState == b.dccpState && a.dccpRole == b.dccpRole &&
+         a.dccpHandshakeSeq == b.dccpHandshakeSeq;
 }
 
 uint8_t moreAdvanced(uint8_t a, uint8_t b) {
@@ -533,6 +543,23 @@ uint64_t ReplicaTable::digestItem(const Entry& e) {
   h = mixIn(h, load64(r.labels.data()));
   h = mixIn(h, load64(r.labels.data() + 8));
   if (r.master) h = hashTuple(mixIn(h, 1), *r.master);
+  // Mixed in only when set, so that the digests of flows without them stay what they were.
+  for (uint64_t dir = 0; dir < 2; ++dir) {
+    const SeqAdjust& a = r.seqAdj[dir];
+    if (a == SeqAdjust{}) continue;
+    h = mixIn(h, 2 + dir);
+    h = mixIn(h, uint64_t{a.correctionPos} |
+                     (uint64_t{static_cast<uint32_t>(a.offsetBefore)} << 32));
+    h = mixIn(h, static_cast<uint32_t>(a.offsetAfter));
+  }
+  if ((r.sctpState | r.sctpVtag[0] | r.sctpVtag[1]) != 0) {
+    h = mixIn(mixIn(h, 4), uint64_t{r.sctpState} << 32 | r.sctpVtag[0]);
+    h = mixIn(h, r.sctpVtag[1]);
+  }
+  if ((r.dccpState | r.dccpRole | r.dccpHandshakeSeq) != 0) {
+    h = mixIn(mixIn(h, 5), uint64_t{r.dccpState} | (uint64_t{r.dccpRole} << 8));
+    h = mixIn(h, r.dccpHandshakeSeq);
+  }
   return h;
 }
 

@@ -135,6 +135,14 @@ void expectFlowRoundTrip(const FlowRecord& f) {
   EXPECT_EQ(g->labels, f.labels);
   EXPECT_EQ(g->helper, f.helper);
   EXPECT_EQ(g->master, f.master);
+  EXPECT_EQ(g->seqAdj[0], f.seqAdj[0]);
+  EXPECT_EQ(g->seqAdj[1], f.seqAdj[1]);
+  EXPECT_EQ(g->sctpState, f.sctpState);
+  EXPECT_EQ(g->sctpVtag[0], f.sctpVtag[0]);
+  EXPECT_EQ(g->sctpVtag[1], f.sctpVtag[1]);
+  EXPECT_EQ(g->dccpState, f.dccpState);
+  EXPECT_EQ(g->dccpRole, f.dccpRole);
+  EXPECT_EQ(g->dccpHandshakeSeq, f.dccpHandshakeSeq);
   EXPECT_EQ(g->version, f.version);
   EXPECT_EQ(*g, f);
 }
@@ -219,6 +227,66 @@ TEST(CodecTest, NonTcpFlows) {
   f = tcpFlow(gre, inverted(gre));
   f.tcpState = 0;
   expectFlowRoundTrip(f);
+}
+
+// Whether the encoded flow record (the only record of `bytes`) has its FlowExtra pointer set.
+bool wireHasExtra(const std::vector<uint8_t>& bytes) {
+  kj::ArrayInputStream in(kj::arrayPtr(bytes.data(), bytes.size()));
+  capnp::PackedMessageReader reader(in);
+  return reader.getRoot<wire::Datagram>().getRecords()[0].getFlow().hasExtra();
+}
+
+TEST(CodecTest, SeqAdjustSctpAndDccpStateRoundTrip) {
+  FlowRecord f = snatFlow();
+  EXPECT_FALSE(wireHasExtra(encodeOne({f})));  // an ordinary flow pays nothing for them
+  // FTP's PORT rewritten shorter in one direction, longer in the other; extreme values.
+  f.status |= table::status::kSeqAdjust;
+  f.seqAdj[0] = SeqAdjust{0xffffffff, -1, INT32_MIN};
+  f.seqAdj[1] = SeqAdjust{1, INT32_MAX, 7};
+  EXPECT_TRUE(wireHasExtra(encodeOne({f})));
+  expectFlowRoundTrip(f);
+  f.seqAdj[0] = SeqAdjust{};  // one direction only
+  expectFlowRoundTrip(f);
+  f.seqAdj[1] = SeqAdjust{0, -3, 0};  // only a negative offset before the position
+  expectFlowRoundTrip(f);
+
+  FlowRecord sctp = snatFlow();
+  sctp.key.orig.l4 = sctp.reply.l4 = 132;
+  sctp.tcpState = 0;
+  sctp.sctpState = 4;  // ESTABLISHED
+  sctp.sctpVtag[0] = 0xffffffff;
+  sctp.sctpVtag[1] = 0x12345678;
+  expectFlowRoundTrip(sctp);
+  sctp.sctpState = 9;
+  sctp.sctpVtag[0] = 0;
+  expectFlowRoundTrip(sctp);
+
+  FlowRecord dccp = snatFlow();
+  dccp.key.orig.l4 = dccp.reply.l4 = 33;
+  dccp.tcpState = 0;
+  dccp.dccpState = 4;  // OPEN
+  dccp.dccpRole = 1;
+  dccp.dccpHandshakeSeq = ~uint64_t{0} >> 16;  // DCCP sequence numbers have 48 bits
+  expectFlowRoundTrip(dccp);
+  dccp.dccpHandshakeSeq = ~uint64_t{0};
+  dccp.dccpState = 9;
+  expectFlowRoundTrip(dccp);
+  dccp.dccpState = 0;
+  dccp.dccpHandshakeSeq = 0;  // the role alone (a client is 0: then nothing is sent at all)
+  expectFlowRoundTrip(dccp);
+
+  // IPv6 with every out-of-line part at once.
+  FlowRecord g = tcpFlow(tcp6(v6(~0ull, ~0ull), v6(~0ull, 1), 1, 2), Tuple{});
+  g.master = tcp6(v6(~0ull, ~0ull), v6(~0ull, ~0ull), 3, 4);
+  g.labels.fill(0xff);
+  g.seqAdj[0] = SeqAdjust{~0u, INT32_MIN, INT32_MIN};
+  g.seqAdj[1] = SeqAdjust{~0u, INT32_MIN, INT32_MIN};
+  g.sctpState = 9;
+  g.sctpVtag[0] = g.sctpVtag[1] = ~0u;
+  g.dccpState = 9;
+  g.dccpRole = 1;
+  g.dccpHandshakeSeq = ~uint64_t{0};
+  expectFlowRoundTrip(g);
 }
 
 TEST(CodecTest, ReplyWithOtherFamilyOrProtocolIsCarriedWhole) {
@@ -387,6 +455,11 @@ TEST(CodecTest, BuilderNeverExceedsMaxBytesWithAnyMix) {
         f.reply.dst = v6(rng(), rng());
         if (rng() % 2) f.master = tcp6(v6(rng(), rng()), v6(rng(), rng()), 3, 4);
         if (rng() % 2) f.labels.fill(0xff);
+        if (rng() % 2) {
+          f.seqAdj[rng() % 2] = SeqAdjust{static_cast<uint32_t>(rng()),
+                                          static_cast<int32_t>(rng()), static_cast<int32_t>(rng())};
+          f.dccpHandshakeSeq = rng();
+        }
         f.mark = static_cast<uint32_t>(rng());
         return f;
       }
@@ -579,6 +652,24 @@ TEST(CodecTest, OutOfRangeValuesAreBadRecords) {
     r.getFlow().initMaster().setFamily(static_cast<wire::Family>(2));
   };
   EXPECT_EQ(decodeErr(handMade(v, unknownMaster)), DecodeError::kBadRecord);
+  // SCTP and DCCP values beyond the kernel's enums.
+  EXPECT_EQ(decodeOk(handMade(v, [](auto r) { r.getFlow().initExtra().setSctpState(9); }))
+                .records.size(),
+            2u);
+  EXPECT_EQ(decodeErr(handMade(v, [](auto r) { r.getFlow().initExtra().setSctpState(10); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMade(v, [](auto r) { r.getFlow().initExtra().setDccpState(10); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMade(v, [](auto r) { r.getFlow().initExtra().setDccpRole(2); })),
+            DecodeError::kBadRecord);
+}
+
+TEST(CodecTest, FlowExtraIsAnErrorInAnOlderMinor) {
+  // Minor 3 added it: no writer of minor 2 can have sent one.
+  auto withExtra = [](auto r) { r.getFlow().initExtra().setSctpVtagOrig(1); };
+  EXPECT_EQ(decodeOk(handMade(kProtocolVersion, withExtra)).records.size(), 2u);
+  EXPECT_EQ(decodeErr(handMade(2, withExtra)), DecodeError::kBadRecord);
+  EXPECT_EQ(decodeOk(handMade(2, [](auto) {})).records.size(), 2u);
 }
 
 TEST(CodecTest, UnknownRecordKindIsSkippedOnlyFromNewerMinor) {
@@ -592,7 +683,10 @@ TEST(CodecTest, UnknownRecordKindIsSkippedOnlyFromNewerMinor) {
     // Overwrite the second record's union tag with a kind this build does not know.
     auto words = capnp::messageToFlatArray(msg);
     auto* bytes = reinterpret_cast<uint8_t*>(words.begin());
-    const size_t tagWord = 1 + 1 + 5 + 1 + 1 + 13 + 8;  // table, root, datagram, tag, rec 0
+    // Table, root, datagram, list tag, record 0; then the union tag's word in record 1.
+    constexpr size_t kRecordWords = wire::Record::_capnpPrivate::dataWordSize +
+                                    wire::Record::_capnpPrivate::pointerCount;
+    const size_t tagWord = 1 + 1 + 5 + 1 + 1 + kRecordWords + 8;
     bytes[tagWord * 8] = 99;
     ASSERT_EQ(bytes[(tagWord - 8) * 8], 6);  // the second record's lastSeq, as a layout check
     const auto packed = packWords(words.slice(1, words.size()));
