@@ -150,6 +150,8 @@ struct Bases {
 std::optional<Version> versionOf(const Record& r) {
   if (const auto* f = std::get_if<FlowRecord>(&r)) return f->version;
   if (const auto* d = std::get_if<FlowDelete>(&r)) return d->version;
+  if (const auto* e = std::get_if<ExpectRecord>(&r)) return e->version;
+  if (const auto* d = std::get_if<ExpectDelete>(&r)) return d->version;
   return std::nullopt;
 }
 
@@ -275,6 +277,32 @@ void encodeDelete(wire::Record::Delete::Builder d, const FlowDelete& r, const Ba
   }
 }
 
+void encodeExpect(wire::Record::Expect::Builder x, const ExpectRecord& r, const Bases& bases) {
+  x.setZone(r.key.zone);
+  x.setTimeoutSec(r.timeoutSec);
+  x.setFlags(r.flags);
+  x.setCls(r.cls);
+  x.setHelper(r.helper);
+  x.setFn(r.fn);
+  x.setNatDir(r.natDir);
+  x.setHlcDelta(zigzag(r.version.hlc - bases.hlc));
+  x.setVersionNodeXor(static_cast<uint16_t>(r.version.node ^ bases.node));
+  x.setGeneration(r.version.generation);
+  encodeTuple(x.initExpected(), r.key.expected);
+  encodeTuple(x.initMask(), r.mask);
+  encodeTuple(x.initMaster(), r.master);
+  if (r.natTuple) encodeTuple(x.initNatTuple(), *r.natTuple);
+}
+
+void encodeExpectDelete(wire::Record::ExpectDelete::Builder x, const ExpectDelete& r,
+                        const Bases& bases) {
+  x.setZone(r.key.zone);
+  x.setHlcDelta(zigzag(r.version.hlc - bases.hlc));
+  x.setVersionNodeXor(static_cast<uint16_t>(r.version.node ^ bases.node));
+  x.setGeneration(r.version.generation);
+  encodeTuple(x.initExpected(), r.key.expected);
+}
+
 void encodeRanges(capnp::List<wire::SeqRange>::Builder out, const std::vector<SeqRange>& ranges) {
   for (unsigned i = 0; i < ranges.size(); ++i) {
     out[i].setFirst(ranges[i].first);
@@ -318,6 +346,10 @@ void encodeRecord(wire::Record::Builder b, const Record& record, const Bases& ba
           g.setRangeLast(r.rangeLast);
           g.setHash(r.hash);
           g.setFlows(r.flows);
+        } else if constexpr (std::is_same_v<T, ExpectRecord>) {
+          encodeExpect(b.initExpect(), r, bases);
+        } else if constexpr (std::is_same_v<T, ExpectDelete>) {
+          encodeExpectDelete(b.initExpectDelete(), r, bases);
         } else {
           static_assert(std::is_same_v<T, Covered>);
           encodeRanges(b.initCovered().initRanges(static_cast<unsigned>(r.ranges.size())),
@@ -596,6 +628,62 @@ std::variant<Record, Check> decodeDelete(wire::Record::Delete::Reader d, const B
   return Record{r};
 }
 
+// A tuple every record of its kind has: missing is malformed.
+std::variant<table::Tuple, Check> requiredTuple(bool has, wire::Tuple::Reader t) {
+  if (!has) return Check::kBad;
+  return decodeTuple(t);
+}
+
+std::variant<Record, Check> decodeExpect(wire::Record::Expect::Reader x, const Bases& bases,
+                                         unsigned minor) {
+  if (minor < 3) return Check::kBad;
+  ExpectRecord r;
+  const std::variant<table::Tuple, Check> parts[] = {
+      requiredTuple(x.hasExpected(), x.getExpected()),
+      requiredTuple(x.hasMask(), x.getMask()),
+      requiredTuple(x.hasMaster(), x.getMaster()),
+  };
+  for (const auto& p : parts) {
+    if (const auto* c = std::get_if<Check>(&p)) return *c;
+  }
+  r.key.expected = std::get<table::Tuple>(parts[0]);
+  r.mask = std::get<table::Tuple>(parts[1]);
+  r.master = std::get<table::Tuple>(parts[2]);
+  // ctnetlink gives the mask the expected tuple's family and protocol.
+  if (r.mask.l3 != r.key.expected.l3 || r.mask.l4 != r.key.expected.l4) return Check::kBad;
+  if (x.hasNatTuple()) {
+    auto nat = decodeTuple(x.getNatTuple());
+    if (const auto* c = std::get_if<Check>(&nat)) return *c;
+    r.natTuple = std::get<table::Tuple>(nat);
+  }
+  r.key.zone = x.getZone();
+  r.timeoutSec = x.getTimeoutSec();
+  r.flags = x.getFlags();
+  r.cls = x.getCls();
+  r.helper = x.getHelper();
+  r.fn = x.getFn();
+  r.natDir = x.getNatDir();
+  if (r.natDir > 1) return Check::kBad;  // IP_CT_DIR_ORIGINAL or IP_CT_DIR_REPLY
+  r.version.generation = x.getGeneration();
+  r.version.hlc = bases.hlc + unzigzag(x.getHlcDelta());
+  r.version.node = static_cast<uint16_t>(bases.node ^ x.getVersionNodeXor());
+  return Record{std::move(r)};
+}
+
+std::variant<Record, Check> decodeExpectDelete(wire::Record::ExpectDelete::Reader x,
+                                               const Bases& bases, unsigned minor) {
+  if (minor < 3) return Check::kBad;
+  auto expected = requiredTuple(x.hasExpected(), x.getExpected());
+  if (const auto* c = std::get_if<Check>(&expected)) return *c;
+  ExpectDelete r;
+  r.key.expected = std::get<table::Tuple>(expected);
+  r.key.zone = x.getZone();
+  r.version.generation = x.getGeneration();
+  r.version.hlc = bases.hlc + unzigzag(x.getHlcDelta());
+  r.version.node = static_cast<uint16_t>(bases.node ^ x.getVersionNodeXor());
+  return Record{r};
+}
+
 // Sequence ranges of a Nack or Covered; `total` bounds the ranges of one datagram.
 bool decodeRanges(capnp::List<wire::SeqRange>::Reader in, std::vector<SeqRange>& out,
                   size_t& total) {
@@ -646,6 +734,10 @@ std::variant<Record, Check> decodeRecord(wire::Record::Reader rec, const Bases& 
       const auto g = rec.getDigest();
       return Record{Digest{g.getRangeFirst(), g.getRangeLast(), g.getHash(), g.getFlows()}};
     }
+    case wire::Record::EXPECT:
+      return decodeExpect(rec.getExpect(), bases, minor);
+    case wire::Record::EXPECT_DELETE:
+      return decodeExpectDelete(rec.getExpectDelete(), bases, minor);
   }
   return Check::kUnknown;
 }

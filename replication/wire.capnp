@@ -21,8 +21,9 @@
 # Minor versions (major 0 throughout):
 #   1  the first protocol
 #   2  bulkBegin.startHlc, the `covered` record
-#   3  flow.extra (NAT sequence adjustment, SCTP and DCCP state). A (minor 3) part in a
-#      datagram of minor 1 or 2 is kBadRecord: no writer of those minors can have sent it.
+#   3  flow.extra (NAT sequence adjustment, SCTP and DCCP state); the `expect` and
+#      `expectDelete` records. A (minor 3) part in a datagram of minor 1 or 2 is kBadRecord:
+#      no writer of those minors can have sent it.
 #
 # Conventions: IPv4 addresses are UInt32 in host order (10.0.0.1 = 0x0a000001); an IPv6 address
 # is two UInt64, hi = bytes 0..7 and lo = bytes 8..15 read big-endian. The reply tuple of a flow
@@ -152,6 +153,34 @@ struct Record {
     # carried nothing that still needs sending): count them as received.
     covered :group {
       ranges @53 :List(SeqRange);
+    }
+
+    # (minor 3) An expectation upsert (records.hpp ExpectRecord). Rare (helpers make them), so
+    # the tuples are whole Tuple structs, in the pointer slots the flow's parts use.
+    expect :group {
+      expected @56 :Tuple;       # key: the expected tuple, wildcard fields zero
+      mask @57 :Tuple;           # same family and protocol as `expected`
+      master @58 :Tuple;         # original tuple of the master flow, in the same zone
+      natTuple @59 :Tuple;       # null without NAT (CTA_EXPECT_NAT_TUPLE)
+      zone @60 :UInt16;
+      timeoutSec @61 :UInt32;    # remaining lifetime when the record was written
+      flags @62 :UInt32;         # expectflag bits
+      cls @63 :UInt32;           # the helper's expectation class
+      helper @64 :UInt8;         # table::helperCode()
+      fn @65 :UInt8;             # table::expectFnCode()
+      natDir @66 :UInt8;         # 0 original, 1 reply
+      hlcDelta @67 :UInt64;      # as in `flow`
+      versionNodeXor @68 :UInt16;
+      generation @69 :UInt32;
+    }
+
+    # (minor 3) An expectation delete (records.hpp ExpectDelete).
+    expectDelete :group {
+      expected @70 :Tuple;
+      zone @71 :UInt16;
+      hlcDelta @72 :UInt64;
+      versionNodeXor @73 :UInt16;
+      generation @74 :UInt32;
     }
   }
 }

@@ -307,6 +307,55 @@ TEST(CodecTest, DeletesRoundTrip) {
   expectRoundTrip({d, d6});
 }
 
+// An FTP data-connection expectation of `master` (PORT or 227: any source port, one
+// destination port), as the kernel's ftp helper makes it.
+ExpectRecord ftpExpect(const Tuple& master, uint16_t dataPort) {
+  ExpectRecord e;
+  e.master = master;
+  e.key.expected = master;
+  e.key.expected.sport = 0;  // wildcard
+  e.key.expected.dport = dataPort;
+  e.mask = master;
+  e.mask.src = master.l3 == L3::kIpv4 ? Addr::v4(0xffffffff) : v6(~0ull, ~0ull);
+  e.mask.dst = e.mask.src;
+  e.mask.sport = 0;
+  e.mask.dport = 0xffff;
+  e.timeoutSec = 300;
+  e.helper = 1;  // ftp
+  e.fn = 1;      // nat-follow-master
+  e.version = Version{0, (uint64_t{1'732'000'000'321} << 16) | 2, 2};
+  return e;
+}
+
+TEST(CodecTest, ExpectationsRoundTripIpv4AndIpv6WithAndWithoutNat) {
+  const Tuple m4 = tcp4(0x0a000105, 0x5db8d822, 51234, 21);
+  ExpectRecord e4 = ftpExpect(m4, 40123);
+  e4.key.zone = 3;
+  expectRoundTrip({e4});
+  ExpectRecord nat4 = e4;
+  nat4.natTuple = tcp4(0, 0xcb007109, 0, 40123);  // where the helper's NAT points it
+  nat4.natDir = 1;
+  nat4.flags = expectflag::kPermanent | expectflag::kInactive | expectflag::kUserspace;
+  nat4.cls = 0xffffffff;
+  nat4.timeoutSec = 0xffffffff;
+  nat4.version = Version{0xffffffff, ~uint64_t{0}, 0xffff};
+  expectRoundTrip({nat4});
+
+  const Tuple m6 = tcp6(v6(0x20010db800000001ull, 0x42), v6(0x2a0014500400080cull, 0x200e), 50000, 21);
+  ExpectRecord e6 = ftpExpect(m6, 50001);
+  expectRoundTrip({e6});
+  ExpectRecord nat6 = e6;
+  nat6.natTuple = tcp6(v6(0, 0), v6(0x20010db8ffff0000ull, 1), 0, 61000);
+  expectRoundTrip({nat6});
+
+  // Deletes, and a datagram that mixes them with flows: versions relative to the first record.
+  const ExpectDelete d4{e4.key, Version{1, 99, 3}};
+  const ExpectDelete d6{e6.key, Version{0, ~uint64_t{0}, 0xffff}};
+  expectRoundTrip({d4, d6});
+  expectRoundTrip({snatFlow(), nat4, d6, Alive{1}, e6, FlowDelete{FlowKey{m4, 0}, Version{}}});
+  EXPECT_FALSE(encodeOne({e4}).empty());
+}
+
 TEST(CodecTest, ControlRecordsRoundTrip) {
   constexpr uint64_t kMax = ~uint64_t{0};
   expectRoundTrip({
@@ -476,6 +525,19 @@ TEST(CodecTest, BuilderNeverExceedsMaxBytesWithAnyMix) {
         return Digest{static_cast<uint32_t>(rng()), ~0u, rng(), 5};
       case 5:
         return Alive{rng()};
+      case 7: {
+        ExpectRecord e = ftpExpect(gen.flow(rng() % 2).key.orig, static_cast<uint16_t>(rng()));
+        if (rng() % 2) e.natTuple = tcp6(v6(rng(), rng()), v6(rng(), rng()), 0, 5);
+        if (rng() % 2) {
+          e.key.expected = tcp6(v6(rng(), rng()), v6(rng(), rng()), 0, 6);
+          e.mask = tcp6(v6(~0ull, ~0ull), v6(~0ull, ~0ull), 0, 0xffff);
+          e.master = tcp6(v6(rng(), rng()), v6(rng(), rng()), 7, 21);
+        }
+        e.version = Version{0, rng(), static_cast<uint16_t>(rng())};
+        return e;
+      }
+      case 8:
+        return ExpectDelete{ExpectKey{gen.flow(false).key.orig, 2}, Version{0, rng(), 1}};
       case 6: {
         Covered c;
         for (size_t i = rng() % 12; i > 0; --i) c.ranges.push_back({i, i + rng() % 1000});
@@ -547,7 +609,11 @@ std::vector<uint8_t> sampleDatagram() {
   FlowRecord g = snatFlow();
   g.key.orig = tcp6(v6(1, 2), v6(3, 4), 5, 6);
   g.reply = inverted(g.key.orig);
-  return encodeOne({f, g, Nack{1, 2, {{3, 4}}}, FlowDelete{f.key, f.version}, Alive{9}});
+  f.seqAdj[1] = SeqAdjust{5, -2, 3};
+  ExpectRecord e = ftpExpect(f.key.orig, 4000);
+  e.natTuple = tcp4(0, 7, 0, 4000);
+  return encodeOne({f, g, Nack{1, 2, {{3, 4}}}, FlowDelete{f.key, f.version}, Alive{9}, e,
+                    ExpectDelete{e.key, e.version}});
 }
 
 // Packs raw words the way a peer would (for hand-made messages).
@@ -661,6 +727,63 @@ TEST(CodecTest, OutOfRangeValuesAreBadRecords) {
   EXPECT_EQ(decodeErr(handMade(v, [](auto r) { r.getFlow().initExtra().setDccpState(10); })),
             DecodeError::kBadRecord);
   EXPECT_EQ(decodeErr(handMade(v, [](auto r) { r.getFlow().initExtra().setDccpRole(2); })),
+            DecodeError::kBadRecord);
+}
+
+// A message made by hand with one expectation record (all tuples set) that `mutate` spoils.
+std::vector<uint8_t> handMadeExpect(uint16_t version,
+                                    const std::function<void(wire::Record::Builder)>& mutate) {
+  capnp::MallocMessageBuilder msg;
+  auto dg = msg.initRoot<wire::Datagram>();
+  dg.setProtocolVersion(version);
+  auto recs = dg.initRecords(2);
+  recs[0].initAlive().setLastSeq(5);
+  auto x = recs[1].initExpect();
+  for (auto t : {x.initExpected(), x.initMask(), x.initMaster()}) t.setL4(6);
+  mutate(recs[1]);
+  return packMessage(msg);
+}
+
+TEST(CodecTest, MalformedExpectationsAreBadRecords) {
+  const uint16_t v = kProtocolVersion;
+  EXPECT_EQ(decodeOk(handMadeExpect(v, [](auto) {})).records.size(), 2u);
+  // Each required tuple missing.
+  EXPECT_EQ(decodeErr(handMadeExpect(v, [](auto r) { r.getExpect().disownExpected(); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMadeExpect(v, [](auto r) { r.getExpect().disownMask(); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMadeExpect(v, [](auto r) { r.getExpect().disownMaster(); })),
+            DecodeError::kBadRecord);
+  // A mask of another family or protocol than the tuple it masks.
+  EXPECT_EQ(decodeErr(handMadeExpect(v, [](auto r) { r.getExpect().getMask().setL4(17); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMadeExpect(v,
+                                     [](auto r) {
+                                       auto m = r.getExpect().getMask();
+                                       m.setFamily(wire::Family::IPV6);
+                                       m.initV6();
+                                     })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMadeExpect(v, [](auto r) { r.getExpect().setNatDir(2); })),
+            DecodeError::kBadRecord);
+  // IPv6 without addresses, in any of the tuples.
+  EXPECT_EQ(decodeErr(handMadeExpect(
+                v, [](auto r) { r.getExpect().initNatTuple().setFamily(wire::Family::IPV6); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMadeExpect(v, [](auto r) { r.initExpectDelete(); })),
+            DecodeError::kBadRecord);  // a delete without its tuple
+  // An unknown family: an error from our minor, skipped from a newer one.
+  auto unknownFamily = [](auto r) {
+    r.getExpect().getMaster().setFamily(static_cast<wire::Family>(5));
+  };
+  EXPECT_EQ(decodeErr(handMadeExpect(v, unknownFamily)), DecodeError::kBadRecord);
+  EXPECT_EQ(decodeOk(handMadeExpect(v + 1, unknownFamily)).records, std::vector<Record>{Alive{5}});
+  // Minor 3 added the kinds: a datagram of minor 2 cannot carry them.
+  EXPECT_EQ(decodeErr(handMadeExpect(2, [](auto) {})), DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMadeExpect(2,
+                                     [](auto r) {
+                                       r.initExpectDelete().initExpected().setL4(6);
+                                     })),
             DecodeError::kBadRecord);
 }
 
