@@ -34,6 +34,12 @@ constexpr size_t kMaxSegments = 16;
 constexpr size_t kMaxRecords = 8192;
 constexpr size_t kMaxNackRanges = 8192;  // per datagram, Nack and Covered ranges together
 constexpr uint8_t kMaxTcpScale = 14;     // RFC 7323; the kernel clamps to it as well
+// Largest values of the kernel's enums (include/uapi/linux/netfilter/nf_conntrack_{sctp,
+// dccp}.h, Linux 6.x): SCTP_CONNTRACK_MAX - 1 (HEARTBEAT_ACKED, still numbered in older
+// kernels), CT_DCCP_INVALID, CT_DCCP_ROLE_SERVER.
+constexpr uint8_t kMaxSctpState = 9;
+constexpr uint8_t kMaxDccpState = 9;
+constexpr uint8_t kMaxDccpRole = 1;
 
 // Layout facts the size accounting below relies on (see DatagramBuilder).
 constexpr size_t kDatagramDataWords = wire::Datagram::_capnpPrivate::dataWordSize;
@@ -144,6 +150,8 @@ struct Bases {
 std::optional<Version> versionOf(const Record& r) {
   if (const auto* f = std::get_if<FlowRecord>(&r)) return f->version;
   if (const auto* d = std::get_if<FlowDelete>(&r)) return d->version;
+  if (const auto* e = std::get_if<ExpectRecord>(&r)) return e->version;
+  if (const auto* d = std::get_if<ExpectDelete>(&r)) return d->version;
   return std::nullopt;
 }
 
@@ -167,6 +175,14 @@ void encodeTuple(wire::Tuple::Builder b, const table::Tuple& t) {
     b.setFamily(wire::Family::IPV6);
     encodeAddrs6(b.initV6(), t.src, t.dst);
   }
+}
+
+// Whether the flow needs its FlowExtra part: null on the wire when all of it is zero.
+bool hasExtra(const FlowRecord& r) {
+  constexpr SeqAdjust kNone{};
+  return r.seqAdj[0] != kNone || r.seqAdj[1] != kNone || r.sctpState != 0 ||
+         r.sctpVtag[0] != 0 || r.sctpVtag[1] != 0 || r.dccpState != 0 || r.dccpRole != 0 ||
+         r.dccpHandshakeSeq != 0;
 }
 
 void encodeFlow(wire::Record::Flow::Builder f, const FlowRecord& r, const Bases& bases) {
@@ -226,6 +242,21 @@ void encodeFlow(wire::Record::Flow::Builder f, const FlowRecord& r, const Bases&
     }
   }
   if (!xorReply) encodeTuple(f.initReplyFull(), r.reply);
+  if (hasExtra(r)) {
+    auto x = f.initExtra();
+    x.setSeqAdjOrigPos(r.seqAdj[0].correctionPos);
+    x.setSeqAdjOrigBefore(r.seqAdj[0].offsetBefore);
+    x.setSeqAdjOrigAfter(r.seqAdj[0].offsetAfter);
+    x.setSeqAdjReplyPos(r.seqAdj[1].correctionPos);
+    x.setSeqAdjReplyBefore(r.seqAdj[1].offsetBefore);
+    x.setSeqAdjReplyAfter(r.seqAdj[1].offsetAfter);
+    x.setSctpState(r.sctpState);
+    x.setSctpVtagOrig(r.sctpVtag[0]);
+    x.setSctpVtagReply(r.sctpVtag[1]);
+    x.setDccpState(r.dccpState);
+    x.setDccpRole(r.dccpRole);
+    x.setDccpHandshakeSeq(r.dccpHandshakeSeq);
+  }
 }
 
 void encodeDelete(wire::Record::Delete::Builder d, const FlowDelete& r, const Bases& bases) {
@@ -244,6 +275,32 @@ void encodeDelete(wire::Record::Delete::Builder d, const FlowDelete& r, const Ba
     d.setFamily(wire::Family::IPV6);
     encodeAddrs6(d.initV6(), o.src, o.dst);
   }
+}
+
+void encodeExpect(wire::Record::Expect::Builder x, const ExpectRecord& r, const Bases& bases) {
+  x.setZone(r.key.zone);
+  x.setTimeoutSec(r.timeoutSec);
+  x.setFlags(r.flags);
+  x.setCls(r.cls);
+  x.setHelper(r.helper);
+  x.setFn(r.fn);
+  x.setNatDir(r.natDir);
+  x.setHlcDelta(zigzag(r.version.hlc - bases.hlc));
+  x.setVersionNodeXor(static_cast<uint16_t>(r.version.node ^ bases.node));
+  x.setGeneration(r.version.generation);
+  encodeTuple(x.initExpected(), r.key.expected);
+  encodeTuple(x.initMask(), r.mask);
+  encodeTuple(x.initMaster(), r.master);
+  if (r.natTuple) encodeTuple(x.initNatTuple(), *r.natTuple);
+}
+
+void encodeExpectDelete(wire::Record::ExpectDelete::Builder x, const ExpectDelete& r,
+                        const Bases& bases) {
+  x.setZone(r.key.zone);
+  x.setHlcDelta(zigzag(r.version.hlc - bases.hlc));
+  x.setVersionNodeXor(static_cast<uint16_t>(r.version.node ^ bases.node));
+  x.setGeneration(r.version.generation);
+  encodeTuple(x.initExpected(), r.key.expected);
 }
 
 void encodeRanges(capnp::List<wire::SeqRange>::Builder out, const std::vector<SeqRange>& ranges) {
@@ -289,6 +346,10 @@ void encodeRecord(wire::Record::Builder b, const Record& record, const Bases& ba
           g.setRangeLast(r.rangeLast);
           g.setHash(r.hash);
           g.setFlows(r.flows);
+        } else if constexpr (std::is_same_v<T, ExpectRecord>) {
+          encodeExpect(b.initExpect(), r, bases);
+        } else if constexpr (std::is_same_v<T, ExpectDelete>) {
+          encodeExpectDelete(b.initExpectDelete(), r, bases);
         } else {
           static_assert(std::is_same_v<T, Covered>);
           encodeRanges(b.initCovered().initRanges(static_cast<unsigned>(r.ranges.size())),
@@ -314,7 +375,7 @@ void encodeDatagram(capnp::MessageBuilder& msg, const Header& h, const Bases& ba
 
 // Words of the scratch arena a record needs (root pointer, element, out-of-line parts).
 size_t scratchWordsFor(const Record& r) {
-  size_t n = 64;
+  size_t n = 128;  // a flow with every out-of-line part in IPv6 takes about 50
   if (const auto* nack = std::get_if<Nack>(&r)) n += 2 * nack->missing.size();
   if (const auto* covered = std::get_if<Covered>(&r)) n += 2 * covered->ranges.size();
   return n;
@@ -454,7 +515,8 @@ std::variant<table::Tuple, Check> decodeTuple(wire::Tuple::Reader t) {
   return Check::kUnknown;
 }
 
-std::variant<Record, Check> decodeFlow(wire::Record::Flow::Reader f, const Bases& bases) {
+std::variant<Record, Check> decodeFlow(wire::Record::Flow::Reader f, const Bases& bases,
+                                       unsigned minor) {
   FlowRecord r;
   table::Tuple& o = r.key.orig;
   o.l4 = f.getL4();
@@ -517,6 +579,22 @@ std::variant<Record, Check> decodeFlow(wire::Record::Flow::Reader f, const Bases
     if (const auto* c = std::get_if<Check>(&master)) return *c;
     r.master = std::get<table::Tuple>(master);
   }
+  if (f.hasExtra()) {
+    if (minor < 3) return Check::kBad;
+    const auto x = f.getExtra();
+    r.seqAdj[0] = SeqAdjust{x.getSeqAdjOrigPos(), x.getSeqAdjOrigBefore(), x.getSeqAdjOrigAfter()};
+    r.seqAdj[1] =
+        SeqAdjust{x.getSeqAdjReplyPos(), x.getSeqAdjReplyBefore(), x.getSeqAdjReplyAfter()};
+    r.sctpState = x.getSctpState();
+    r.sctpVtag[0] = x.getSctpVtagOrig();
+    r.sctpVtag[1] = x.getSctpVtagReply();
+    r.dccpState = x.getDccpState();
+    r.dccpRole = x.getDccpRole();
+    r.dccpHandshakeSeq = x.getDccpHandshakeSeq();
+    if (r.sctpState > kMaxSctpState || r.dccpState > kMaxDccpState || r.dccpRole > kMaxDccpRole) {
+      return Check::kBad;
+    }
+  }
   r.version.generation = f.getGeneration();
   r.version.hlc = bases.hlc + unzigzag(f.getHlcDelta());
   r.version.node = static_cast<uint16_t>(bases.node ^ f.getVersionNodeXor());
@@ -550,6 +628,62 @@ std::variant<Record, Check> decodeDelete(wire::Record::Delete::Reader d, const B
   return Record{r};
 }
 
+// A tuple every record of its kind has: missing is malformed.
+std::variant<table::Tuple, Check> requiredTuple(bool has, wire::Tuple::Reader t) {
+  if (!has) return Check::kBad;
+  return decodeTuple(t);
+}
+
+std::variant<Record, Check> decodeExpect(wire::Record::Expect::Reader x, const Bases& bases,
+                                         unsigned minor) {
+  if (minor < 3) return Check::kBad;
+  ExpectRecord r;
+  const std::variant<table::Tuple, Check> parts[] = {
+      requiredTuple(x.hasExpected(), x.getExpected()),
+      requiredTuple(x.hasMask(), x.getMask()),
+      requiredTuple(x.hasMaster(), x.getMaster()),
+  };
+  for (const auto& p : parts) {
+    if (const auto* c = std::get_if<Check>(&p)) return *c;
+  }
+  r.key.expected = std::get<table::Tuple>(parts[0]);
+  r.mask = std::get<table::Tuple>(parts[1]);
+  r.master = std::get<table::Tuple>(parts[2]);
+  // ctnetlink gives the mask the expected tuple's family and protocol.
+  if (r.mask.l3 != r.key.expected.l3 || r.mask.l4 != r.key.expected.l4) return Check::kBad;
+  if (x.hasNatTuple()) {
+    auto nat = decodeTuple(x.getNatTuple());
+    if (const auto* c = std::get_if<Check>(&nat)) return *c;
+    r.natTuple = std::get<table::Tuple>(nat);
+  }
+  r.key.zone = x.getZone();
+  r.timeoutSec = x.getTimeoutSec();
+  r.flags = x.getFlags();
+  r.cls = x.getCls();
+  r.helper = x.getHelper();
+  r.fn = x.getFn();
+  r.natDir = x.getNatDir();
+  if (r.natDir > 1) return Check::kBad;  // IP_CT_DIR_ORIGINAL or IP_CT_DIR_REPLY
+  r.version.generation = x.getGeneration();
+  r.version.hlc = bases.hlc + unzigzag(x.getHlcDelta());
+  r.version.node = static_cast<uint16_t>(bases.node ^ x.getVersionNodeXor());
+  return Record{std::move(r)};
+}
+
+std::variant<Record, Check> decodeExpectDelete(wire::Record::ExpectDelete::Reader x,
+                                               const Bases& bases, unsigned minor) {
+  if (minor < 3) return Check::kBad;
+  auto expected = requiredTuple(x.hasExpected(), x.getExpected());
+  if (const auto* c = std::get_if<Check>(&expected)) return *c;
+  ExpectDelete r;
+  r.key.expected = std::get<table::Tuple>(expected);
+  r.key.zone = x.getZone();
+  r.version.generation = x.getGeneration();
+  r.version.hlc = bases.hlc + unzigzag(x.getHlcDelta());
+  r.version.node = static_cast<uint16_t>(bases.node ^ x.getVersionNodeXor());
+  return Record{r};
+}
+
 // Sequence ranges of a Nack or Covered; `total` bounds the ranges of one datagram.
 bool decodeRanges(capnp::List<wire::SeqRange>::Reader in, std::vector<SeqRange>& out,
                   size_t& total) {
@@ -563,11 +697,12 @@ bool decodeRanges(capnp::List<wire::SeqRange>::Reader in, std::vector<SeqRange>&
   return true;
 }
 
+// `minor`: the datagram's minor version (parts of a later minor are errors in it).
 std::variant<Record, Check> decodeRecord(wire::Record::Reader rec, const Bases& bases,
-                                         size_t& nackRanges) {
+                                         unsigned minor, size_t& nackRanges) {
   switch (rec.which()) {
     case wire::Record::FLOW:
-      return decodeFlow(rec.getFlow(), bases);
+      return decodeFlow(rec.getFlow(), bases, minor);
     case wire::Record::DELETE:
       return decodeDelete(rec.getDelete(), bases);
     case wire::Record::ACK: {
@@ -599,6 +734,10 @@ std::variant<Record, Check> decodeRecord(wire::Record::Reader rec, const Bases& 
       const auto g = rec.getDigest();
       return Record{Digest{g.getRangeFirst(), g.getRangeLast(), g.getHash(), g.getFlows()}};
     }
+    case wire::Record::EXPECT:
+      return decodeExpect(rec.getExpect(), bases, minor);
+    case wire::Record::EXPECT_DELETE:
+      return decodeExpectDelete(rec.getExpectDelete(), bases, minor);
   }
   return Check::kUnknown;
 }
@@ -626,7 +765,7 @@ std::variant<Decoded, DecodeError> decodeMessage(kj::ArrayPtr<const word> words)
   out.records.reserve(records.size());
   size_t nackRanges = 0;
   for (const auto rec : records) {
-    auto r = decodeRecord(rec, bases, nackRanges);
+    auto r = decodeRecord(rec, bases, minor, nackRanges);
     if (auto* record = std::get_if<Record>(&r)) {
       out.records.push_back(std::move(*record));
     } else if (std::get<Check>(r) == Check::kBad || !newerMinor) {

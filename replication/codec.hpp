@@ -12,7 +12,7 @@
 namespace ctsync::replication {
 
 // Written by this build; see wire.capnp for the major/minor rule.
-inline constexpr uint16_t kProtocolVersion = 2;  // 0.2: minor 2 added Covered
+inline constexpr uint16_t kProtocolVersion = 3;  // 0.3: flow.extra, expectations
 // Largest datagram decode() accepts (a UDP payload cannot be larger).
 inline constexpr size_t kMaxDatagramBytes = 64 * 1024;
 // Smallest maxBytes a DatagramBuilder takes: any single record but a very long Nack fits in it.

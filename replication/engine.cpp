@@ -85,12 +85,17 @@ void Engine::upsert(const FlowRecord& flow, Nanos now) {
     generation = std::max(generation, l->live ? held : held + 1);
   }
   setLocal(*l, flow, stamp(generation, now), now);
+  reportExpects(now);  // a master came: its expectations may be committed now
 }
 
 void Engine::remove(const FlowKey& key, Nanos now) {
   const Local* l = local_.find(key);
   if (l == nullptr || !l->live) return;
+  // Its expectations go first, as deletes of their own: every replica drops them with the
+  // master anyway, but a delete is what stops them for a node that missed the master's.
+  removeLocalExpectsOf(key, now);
   writeLocalDelete(key, stamp(l->record.version.generation, now), now);
+  reportExpects(now);
 }
 
 void Engine::adoptAll(Nanos now) {
@@ -102,6 +107,14 @@ void Engine::adoptAll(Nanos now) {
     r.version = stamp(r.version.generation, now);
     writeLocal(std::move(r), now);
   }
+  std::vector<ExpectRecord> expects;
+  replica_.forEachExpect([&](const ReplicaExpect& x) {
+    if (x.record.version.node != settings_.node) expects.push_back(x.record);
+  });
+  for (const ExpectRecord& e : expects) {
+    setLocalExpect(localExpects_[e.key], e, stamp(e.version.generation, now), now);
+  }
+  reportExpects(now);
 }
 
 void Engine::writeLocal(FlowRecord record, Nanos now) {
@@ -181,7 +194,7 @@ void Engine::enqueueLocal(Local& l, Nanos now) {
   if (l.queued) return;
   l.queued = true;
   if (queue_.empty()) queuedSince_ = now;
-  queue_.push_back(Item{l.record.key, &l, nullptr, 0});
+  queue_.push_back(Item{l.record.key, &l, nullptr, 0, std::nullopt});
 }
 
 void Engine::enqueueKey(const FlowKey& key, Nanos now) {
@@ -191,12 +204,13 @@ void Engine::enqueueKey(const FlowKey& key, Nanos now) {
   }
   if (!queued_.insert(key).second) return;
   if (queue_.empty()) queuedSince_ = now;
-  queue_.push_back(Item{key, nullptr, nullptr, 0});
+  queue_.push_back(Item{key, nullptr, nullptr, 0, std::nullopt});
 }
 
 void Engine::enqueueRecord(Record record, Nanos now, uint16_t coverFor) {
   if (queue_.empty()) queuedSince_ = now;
-  queue_.push_back(Item{FlowKey{}, nullptr, std::make_unique<Record>(std::move(record)), coverFor});
+  queue_.push_back(
+      Item{FlowKey{}, nullptr, std::make_unique<Record>(std::move(record)), coverFor, std::nullopt});
 }
 
 void Engine::enqueueControl(Record record) {
@@ -281,6 +295,7 @@ void Engine::receive(std::span<const uint8_t> datagram, Nanos now) {
   std::vector<Digest> digests;
   for (const Record& r : d.records) handleRecord(p, r, now, digests);
   if (!digests.empty()) handleDigests(p, digests, now);
+  reportExpects(now);
   if (p.in.complete()) return;
   if (p.in.highestMissing() > p.nackedUpTo) {
     // A gap we have not asked for yet: ask soon (after a grace for reordering).
@@ -339,6 +354,12 @@ void Engine::handleRecord(Peer& p, const Record& record, Nanos now, std::vector<
           p.sweepPending = r.bulkId;  // once every datagram up to here has arrived
         } else if constexpr (std::is_same_v<T, Digest>) {
           digests.push_back(r);
+        } else if constexpr (std::is_same_v<T, ExpectRecord>) {
+          ++counters_.expectUpsertsReceived;
+          handleExpect(r, p.node, now);
+        } else if constexpr (std::is_same_v<T, ExpectDelete>) {
+          ++counters_.expectDeletesReceived;
+          handleExpectDelete(r, now);
         } else {
           static_assert(std::is_same_v<T, Covered>);
           p.in.cover(r.ranges);
@@ -460,7 +481,7 @@ void Engine::handleNack(Peer& p, const Nack& n, Nanos now) {
   p.answeredAt = now;
   // Datagrams that left the log (the peer is new, or the gap is old) may have carried
   // anything: only a bulk whose snapshot was taken after them fills that part of the gap.
-  const uint64_t forgotten = log_.forgotten();
+  const uint64_t forgotten = std::max(log_.forgotten(), expectForgotten_);
   uint64_t oldest = 0;  // highest forgotten sequence asked for
   for (const SeqRange& r : ranges) {
     if (r.first <= forgotten) oldest = std::max(oldest, std::min(r.last, forgotten));
@@ -482,6 +503,7 @@ void Engine::handleNack(Peer& p, const Nack& n, Nanos now) {
     for (const FlowKey& k : *keys) enqueueKey(k, now);
     counters_.resentRecords += keys->size();
   }
+  resendExpects(recent, now);
   // The last bulk's end rode in a datagram that is asked for: it goes again, after the resent
   // flows (a receiver sweeps only once it has everything before it anyway).
   if (bulkEnd_ && !bulk_ && contains(ranges, bulkLastSeq_)) {
@@ -533,7 +555,10 @@ void Engine::handleDigests(Peer& p, const std::vector<Digest>& digests, Nanos no
     const RangeContents c = replica_.flowsInRange(range);
     for (const FlowRecord& f : c.flows) enqueueKey(f.key, now);
     for (const FlowDelete& t : c.tombstones) enqueueKey(t.key, now);
-    counters_.resentRecords += c.flows.size() + c.tombstones.size();
+    for (const ExpectRecord& x : c.expects) enqueueExpect(x.key, now);
+    for (const ExpectDelete& t : c.expectTombstones) enqueueExpect(t.key, now);
+    counters_.resentRecords += c.flows.size() + c.tombstones.size() + c.expects.size() +
+                               c.expectTombstones.size();
     ++counters_.rangesRepaired;
     // Our digest back, so the peer resends what only it has.
     enqueueControl(replica_.digest(range));
@@ -559,6 +584,13 @@ void Engine::startBulk(Nanos now) {
     }
   }
   bulk_ = std::make_unique<Bulk>();
+  replica_.forEachExpect([&](const ReplicaExpect& x) { bulk_->expects.push_back(x.record.key); });
+  for (const auto& [until, key] : localExpectTombstones_) {
+    const auto it = localExpects_.find(key);
+    if (it != localExpects_.end() && !it->second.live && it->second.tombstoneUntil == until) {
+      bulk_->expects.push_back(key);
+    }
+  }
   bulk_->id = nextBulkId_++;
   bulk_->startHlc = hlc_.now(wallMs(now));
   bulk_->startSeq = log_.lastSeq();
@@ -581,10 +613,13 @@ void Engine::requestResync(Nanos now) {
 
 void Engine::poll(Nanos now) {
   expireLocal(now);
+  expireLocalExpects(now);
   std::vector<FlowDelete> expired;
   replica_.expire(now, &expired);
   if (!expired.empty()) forget(expired, now);
   runPeerTimers(now);
+  reportExpects(now);  // expired, swept, died with an expired or swept master
+  pruneExpectLog();
   runDigests(now);
   if (now >= aliveAt_) {
     enqueueControl(Alive{log_.lastSeq()});
@@ -697,10 +732,25 @@ void Engine::sendReliable(Nanos now) {
       continue;
     }
     std::vector<FlowKey> keys;
+    std::vector<ExpectKey> expectKeys;
     std::vector<uint16_t> covers;  // peers whose Nack answer this datagram completes
     if (bulkMarker_) builder_.add(*bulkMarker_);
     while (!queue_.empty()) {
       Item& item = queue_.front();
+      if (item.expect) {
+        if (const std::optional<Record> r = currentExpectState(*item.expect)) {
+          if (!builder_.add(*r)) {
+            if (!builder_.empty()) break;  // full
+            ++counters_.oversizedRecords;
+          } else {
+            expectKeys.push_back(*item.expect);
+            countSent(*r);
+          }
+        }
+        queuedExpects_.erase(*item.expect);
+        queue_.pop_front();
+        continue;
+      }
       if (item.record) {
         if (!builder_.add(*item.record)) {
           if (!builder_.empty()) break;  // full
@@ -736,6 +786,7 @@ void Engine::sendReliable(Nanos now) {
     addControl();
     const uint64_t seq = log_.next();
     log_.sent(seq, std::move(keys));
+    if (!expectKeys.empty()) expectLog_[seq] = std::move(expectKeys);
     for (const uint16_t node : covers) {
       const auto it = peers_.find(node);
       if (it != peers_.end()) {
@@ -755,8 +806,12 @@ Header Engine::header(uint64_t seq) const {
 void Engine::countSent(const Record& r) {
   if (std::holds_alternative<FlowRecord>(r)) {
     ++counters_.upsertsSent;
-  } else {
+  } else if (std::holds_alternative<FlowDelete>(r)) {
     ++counters_.deletesSent;
+  } else if (std::holds_alternative<ExpectRecord>(r)) {
+    ++counters_.expectUpsertsSent;
+  } else {
+    ++counters_.expectDeletesSent;
   }
 }
 
@@ -779,14 +834,29 @@ void Engine::sendBulkDatagram(Nanos now) {
     ++counters_.bulkRecordsSent;
     countSent(*state);
   }
+  std::vector<ExpectKey> expectKeys;
+  while (b.cursor == keys.size() && b.expectCursor < b.expects.size()) {
+    const ExpectKey& k = b.expects[b.expectCursor];
+    const std::optional<Record> state = currentExpectState(k);
+    if (state) {  // else forgotten since
+      if (!builder_.add(*state)) break;
+      expectKeys.push_back(k);
+      ++b.records;
+      ++counters_.bulkRecordsSent;
+      countSent(*state);
+    }
+    ++b.expectCursor;
+  }
   bool done = false;
-  if (b.cursor == keys.size() && builder_.add(BulkEnd{b.id, b.records})) {
+  if (b.cursor == keys.size() && b.expectCursor == b.expects.size() &&
+      builder_.add(BulkEnd{b.id, b.records})) {
     done = true;
     bulkEnd_ = BulkEnd{b.id, b.records};
   }
   const uint64_t seq = log_.next();
   bulkLastSeq_ = seq;
   log_.sentBulk(seq, b.keys, begin, b.cursor);
+  if (!expectKeys.empty()) expectLog_[seq] = std::move(expectKeys);
   std::vector<uint8_t> payload = builder_.finish(header(seq));
   emit(payload, true, now);
   if (done) {
@@ -852,6 +922,7 @@ Nanos Engine::nextWakeup() const {
   }
   if (settings_.digestInterval > 0) soon(nextDigest_);
   if (!localTombstones_.empty()) soon(localTombstones_.front().first);
+  if (!localExpectTombstones_.empty()) soon(localExpectTombstones_.front().first);
   for (const auto& [node, p] : peers_) {
     if (!p.up) continue;
     soon(p.lastHeard + settings_.peerTimeout + 1);

@@ -31,6 +31,10 @@
 //  - Ownership: a node is the authority for the flows it writes (version.node). A record that
 //    claims to be ours but differs from our local state (a corrupted or stale replica elsewhere)
 //    makes us write our state again with a newer version, or a delete if we have no such flow.
+//  - Expectations (a helper's announced connections) travel like flows: this node's own are
+//    reliable (queued, coalesced, resent on loss), carried by bulks after the flows, swept,
+//    digested and owner-corrected the same way. In the replica each lives no longer than its
+//    master flow (expect_table.hpp).
 //  - Pacing: reliable datagrams leave at most at `paceBytesPerSecond` (token bucket), so a bulk
 //    of a million flows does not overrun the receivers' socket buffers. Control datagrams are
 //    not held back.
@@ -113,12 +117,19 @@ struct EngineCounters {
   uint64_t bulksSent = 0;  // bulks completed (BulkEnd sent)
   uint64_t bulkRecordsSent = 0;
   uint64_t digestsSent = 0;  // Digest records
+  uint64_t expectUpsertsSent = 0;  // expectation records, including resends and bulks
+  uint64_t expectDeletesSent = 0;
   uint64_t pacingWaits = 0;  // times a datagram waited for the pacer
   // In.
   uint64_t datagramsReceived = 0;  // accepted (authentic, well-formed)
   uint64_t bytesReceived = 0;
   uint64_t upsertsReceived = 0;
   uint64_t deletesReceived = 0;
+  uint64_t expectUpsertsReceived = 0;
+  uint64_t expectDeletesReceived = 0;
+  // Relayed copies of expectations forgotten here (expired, swept, died with their master)
+  // not let back in.
+  uint64_t expectRelaysBlocked = 0;
   uint64_t duplicateDatagrams = 0;
   uint64_t staleDatagrams = 0;  // from an older epoch of the sender
   uint64_t acksReceived = 0;
@@ -147,6 +158,8 @@ struct EngineCounters {
   uint64_t headerMismatch = 0;            // envelope and message disagree on node, cluster or epoch
   uint64_t oversizedRecords = 0;          // a control record that fits in no datagram (dropped)
   std::array<uint64_t, static_cast<size_t>(ApplyOutcome::kCount)> applied{};
+  std::array<uint64_t, static_cast<size_t>(ApplyOutcome::kCount)> expectApplied{};
+  // Expired, swept and died-with-master expectations: replica().stats().
 };
 
 // One peer as this node sees it.
@@ -181,15 +194,30 @@ class Engine {
   using ReplicaChangeFn = std::function<void(const FlowKey& key)>;
   void onReplicaChange(ReplicaChangeFn fn) { onReplicaChange_ = std::move(fn); }
 
+  // Called after the replica's state of expectation `key` changed: inserted, updated, deleted,
+  // expired, swept, died with its master, or its master came (masterLive); replica().
+  // getExpect(key) tells the new state. Fired at the end of the call that made the change.
+  using ExpectChangeFn = std::function<void(const ExpectKey& key)>;
+  void onExpectChange(ExpectChangeFn fn) { onExpectChange_ = std::move(fn); }
+
   // Local state, written by this node (its tracker or kernel). The engine stamps the version
   // (generation, hybrid logical clock, node); `flow.version` is ignored except that a higher
   // generation from the source (a reopened connection) is taken over.
   void upsert(const FlowRecord& flow, Nanos now);
-  // The flow ended (closed, expired, flushed). No-op for a flow not live here.
+  // The flow ended (closed, expired, flushed). No-op for a flow not live here. This node's
+  // expectations of that master end with it (removeExpect).
   void remove(const FlowKey& key, Nanos now);
-  // Takes ownership of every live flow in the replica (a backup promoted to active): each is
-  // written again as ours, with a newer version.
+  // Takes ownership of every live flow and expectation in the replica (a backup promoted to
+  // active): each is written again as ours, with a newer version.
   void adoptAll(Nanos now);
+
+  // A local expectation, made by this node's helper (kernel or tracker). Stamped and sent as
+  // upsert() does with flows; `e.version` is ignored but for a higher generation.
+  void upsertExpect(const ExpectRecord& e, Nanos now);
+  // The expectation ended (matched, timed out, removed). No-op for one not live here.
+  void removeExpect(const ExpectKey& key, Nanos now);
+  std::optional<ExpectRecord> localExpect(const ExpectKey& key) const;
+  size_t localExpects() const { return localExpectLive_; }
 
   // One datagram from the sync link.
   void receive(std::span<const uint8_t> datagram, Nanos now);
@@ -314,6 +342,12 @@ class Engine {
     Local* local = nullptr;          // our entry for `key`, when it is ours (stays put)
     std::unique_ptr<Record> record;  // a record to send as it is
     uint16_t coverFor = 0;           // a Covered answering this peer's Nack
+    std::optional<ExpectKey> expect;  // instead of a flow: this expectation's current state
+  };
+  struct LocalExpect {
+    ExpectRecord record;  // live: the state; not live: key and the delete's version
+    bool live = false;
+    Nanos tombstoneUntil = 0;
   };
   struct Bulk {
     uint32_t id = 0;
@@ -321,6 +355,8 @@ class Engine {
     uint64_t startSeq = 0;  // our last sequence when the snapshot was taken
     std::shared_ptr<std::vector<FlowKey>> keys;
     size_t cursor = 0;
+    std::vector<ExpectKey> expects;  // sent after the flows, so masters arrive first
+    size_t expectCursor = 0;
     uint64_t records = 0;
   };
 
@@ -349,6 +385,20 @@ class Engine {
   void handleDigests(Peer& p, const std::vector<Digest>& digests, Nanos now);
   void countApply(const FlowKey& key, const ApplyResult& r);
 
+  // Expectations (engine_expect.cpp).
+  void setLocalExpect(LocalExpect& l, const ExpectRecord& e, Version version, Nanos now);
+  void writeLocalExpectDelete(const ExpectKey& key, Version version, Nanos now);
+  void removeLocalExpectsOf(const FlowKey& master, Nanos now);
+  void enqueueExpect(const ExpectKey& key, Nanos now);
+  std::optional<Record> currentExpectState(const ExpectKey& key) const;
+  void handleExpect(const ExpectRecord& r, uint16_t from, Nanos now);
+  void handleExpectDelete(const ExpectDelete& d, Nanos now);
+  void resendExpects(const std::vector<SeqRange>& ranges, Nanos now);
+  void pruneExpectLog();
+  void expireLocalExpects(Nanos now);
+  // Takes the replica's expectation changes: remembers the forgotten ones, fires the callback.
+  void reportExpects(Nanos now);
+
   void runPeerTimers(Nanos now);
   void runDigests(Nanos now);
   void refillTokens(Nanos now);
@@ -364,6 +414,7 @@ class Engine {
   SendFn send_;
   NatConflictFn onNatConflict_;
   ReplicaChangeFn onReplicaChange_;
+  ExpectChangeFn onExpectChange_;
   Sealer sealer_;
   Opener opener_;
   HybridClock hlc_;
@@ -396,6 +447,21 @@ class Engine {
   std::unordered_map<FlowKey, Version, FlowKeyHasher> swept_;
   std::deque<std::pair<Nanos, FlowKey>> sweptExpiry_;
   void forget(const std::vector<FlowDelete>& removed, Nanos now);
+
+  // Our own expectations, those live indexed by master (few: a map does).
+  std::unordered_map<ExpectKey, LocalExpect, ExpectKeyHasher> localExpects_;
+  std::unordered_multimap<FlowKey, ExpectKey, FlowKeyHasher> localExpectsByMaster_;
+  size_t localExpectLive_ = 0;
+  std::deque<std::pair<Nanos, ExpectKey>> localExpectTombstones_;  // expiry order
+  std::unordered_set<ExpectKey, ExpectKeyHasher> queuedExpects_;    // an Item for it is queued
+  // The expectations each reliable datagram carried (the OutboundLog holds flow keys only), kept
+  // until every live peer acknowledged it; a nack of a datagram at or below expectForgotten_
+  // needs a bulk, as one the OutboundLog forgot.
+  std::map<uint64_t, std::vector<ExpectKey>> expectLog_;
+  uint64_t expectForgotten_ = 0;
+  // Expectations removed without a tombstone, for tombstoneTtl: as swept_ for flows.
+  std::unordered_map<ExpectKey, Version, ExpectKeyHasher> forgottenExpects_;
+  std::deque<std::pair<Nanos, ExpectKey>> forgottenExpectsExpiry_;
 
   std::map<uint16_t, Peer> peers_;
   uint64_t authSeq_ = 0;  // envelope sequence: every datagram

@@ -83,6 +83,9 @@ struct ExpectKey {
   friend bool operator==(const ExpectKey&, const ExpectKey&) = default;
 };
 uint64_t expectKeyHash(const ExpectKey& key);  // wire-stable, like flowKeyHash
+struct ExpectKeyHasher {
+  size_t operator()(const ExpectKey& k) const { return static_cast<size_t>(expectKeyHash(k)); }
+};
 
 // Expectation flags (NF_CT_EXPECT_*).
 namespace expectflag {
@@ -186,7 +189,7 @@ struct Covered {
 };
 
 using Record = std::variant<FlowRecord, FlowDelete, Ack, Nack, Alive, ResyncRequest, BulkBegin,
-                            BulkEnd, Digest, Covered>;
+                            BulkEnd, Digest, Covered, ExpectRecord, ExpectDelete>;
 
 // Carried by every datagram.
 struct Header {

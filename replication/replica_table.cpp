@@ -8,44 +8,23 @@
 #include <tuple>
 #include <type_traits>
 
+#include "replication/expect_table.hpp"
+#include "replication/hash.hpp"
 #include "table/tcp.hpp"
 
 namespace ctsync::replication {
 namespace {
 
-// Mixing with fixed constants (murmur3's finaliser): the key hash must be the same on every
-// node and in every build, which std::hash does not promise.
-uint64_t fmix64(uint64_t k) {
-  k ^= k >> 33;
-  k *= 0xff51afd7ed558ccdULL;
-  k ^= k >> 33;
-  k *= 0xc4ceb9fe1a85ec53ULL;
-  k ^= k >> 33;
-  return k;
-}
-
-uint64_t mixIn(uint64_t h, uint64_t word) {
-  return fmix64(h ^ (word * 0x9e3779b97f4a7c15ULL)) + 0x632be59bd9b4e019ULL;
-}
-
-// Little-endian load from bytes, so the hash does not depend on the host's byte order.
-uint64_t load64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-
-uint64_t hashTuple(uint64_t h, const table::Tuple& t) {
-  h = mixIn(h, uint64_t{static_cast<uint8_t>(t.l3)} | (uint64_t{t.l4} << 8) |
-                   (uint64_t{t.sport} << 16) | (uint64_t{t.dport} << 32));
-  h = mixIn(h, load64(t.src.bytes.data()));
-  h = mixIn(h, load64(t.src.bytes.data() + 8));
-  h = mixIn(h, load64(t.dst.bytes.data()));
-  return mixIn(h, load64(t.dst.bytes.data() + 8));
-}
+using wirehash::hashTuple;
+using wirehash::load64;
+using wirehash::mixIn;
 
 auto tupleView(const table::Tuple& t) {
   return std::make_tuple(t.src.bytes, t.dst.bytes, t.sport, t.dport, t.l3, t.l4);
+}
+
+auto seqAdjView(const SeqAdjust& a) {
+  return std::make_tuple(a.correctionPos, a.offsetBefore, a.offsetAfter);
 }
 
 // The fields rule 2 takes from the base record (all but key, version, sticky bits, tcpState).
@@ -54,7 +33,9 @@ auto contentView(const FlowRecord& r) {
   return std::make_tuple(tupleView(r.reply), r.status & ~kStickyStatus, r.tcpFlags[0],
                          r.tcpFlags[1], r.tcpScale[0], r.tcpScale[1], r.timeoutSec, r.mark,
                          r.labels, r.helper, r.master.has_value(),
-                         tupleView(r.master ? *r.master : kNoMaster));
+                         tupleView(r.master ? *r.master : kNoMaster), seqAdjView(r.seqAdj[0]),
+                         seqAdjView(r.seqAdj[1]), r.sctpState, r.sctpVtag[0], r.sctpVtag[1],
+                         r.dccpState, r.dccpRole, r.dccpHandshakeSeq);
 }
 
 // Equality of N bytes in 8-byte words (GCC calls memcmp for these sizes): for types without
@@ -93,7 +74,11 @@ bool sameContent(const FlowRecord& a, const FlowRecord& b) {
          a.timeoutSec == b.timeoutSec && a.mark == b.mark &&
          sameBytes<sizeof(a.labels)>(a.labels.data(), b.labels.data()) && a.helper == b.helper &&
          a.master.has_value() == b.master.has_value() &&
-         (!a.master || sameTuple(*a.master, *b.master));
+         (!a.master || sameTuple(*a.master, *b.master)) && a.seqAdj[0] == b.seqAdj[0] &&
+         a.seqAdj[1] == b.seqAdj[1] && a.sctpState == b.sctpState &&
+         a.sctpVtag[0] == b.sctpVtag[0] && a.sctpVtag[1] == b.sctpVtag[1] &&
+         a.dccpState == b.dccpState && a.dccpRole == b.dccpRole &&
+         a.dccpHandshakeSeq == b.dccpHandshakeSeq;
 }
 
 uint8_t moreAdvanced(uint8_t a, uint8_t b) {
@@ -162,6 +147,10 @@ uint64_t flowKeyHash(const FlowKey& key) {
   return hashTuple(mixIn(0x243f6a8885a308d3ULL, key.zone), key.orig);
 }
 
+uint64_t expectKeyHash(const ExpectKey& key) {
+  return hashTuple(mixIn(0x13198a2e03707344ULL, key.zone), key.expected);
+}
+
 bool flowKeyLess(const FlowKey& a, const FlowKey& b) {
   return std::make_tuple(a.zone, tupleView(a.orig)) < std::make_tuple(b.zone, tupleView(b.orig));
 }
@@ -202,9 +191,57 @@ Nanos ReplicaFlow::remaining(Nanos now) const {
 }
 
 ReplicaTable::ReplicaTable(const ReplicaSettings& settings)
-    : settings_(settings), ranges_(settings.digestRanges) {
+    : settings_(settings),
+      ranges_(settings.digestRanges),
+      expects_(std::make_unique<ExpectTable>(settings.tombstoneTtl, settings.digestRanges,
+                                             stats_)) {
   assert(settings.digestRanges >= 1 && settings.digestRanges <= 65536);
   assert(settings.tombstoneTtl >= 0);
+}
+
+ReplicaTable::~ReplicaTable() = default;
+
+ApplyOutcome ReplicaTable::apply(const ExpectRecord& r, Nanos now, bool fromWriter) {
+  uint32_t mark = 0;
+  if (fromWriter && !bulks_.empty()) {
+    const auto it = bulks_.find(r.version.node);
+    if (it != bulks_.end()) mark = it->second.mark;
+  }
+  const FlowKey master{r.master, r.key.zone};
+  const uint32_t id = find(master, indexHash(master));
+  return expects_->apply(r, now, mark, id != kNone && entries_[id].live);
+}
+
+ApplyOutcome ReplicaTable::apply(const ExpectDelete& d, Nanos now) {
+  return expects_->apply(d, now);
+}
+
+std::optional<ReplicaExpect> ReplicaTable::getExpect(const ExpectKey& key) const {
+  return expects_->get(key);
+}
+
+std::optional<Version> ReplicaTable::expectTombstone(const ExpectKey& key) const {
+  return expects_->tombstone(key);
+}
+
+void ReplicaTable::forEachExpect(const std::function<void(const ReplicaExpect&)>& f) const {
+  expects_->forEach(f);
+}
+
+size_t ReplicaTable::expectCount() const {
+  return expects_->size();
+}
+
+size_t ReplicaTable::expectTombstoneCount() const {
+  return expects_->tombstoneCount();
+}
+
+std::vector<ExpectKey> ReplicaTable::takeExpectChanges() {
+  return expects_->takeChanges();
+}
+
+std::vector<ExpectDelete> ReplicaTable::takeExpectsForgotten() {
+  return expects_->takeForgotten();
 }
 
 void ReplicaTable::reserve(size_t flows) {
@@ -398,6 +435,14 @@ std::optional<FlowKey> ReplicaTable::settle(uint32_t id, const Before& b, Nanos 
   Entry& e = entries_[id];
   const FlowRecord& r = e.flow.record;
   e.live = e.hasUpsert && (!e.hasTombstone || r.version > e.tombstone());
+  // A master's expectations follow its life (one lookup, and only while there are any).
+  if (b.live != e.live && expects_->watchesAny()) {
+    if (e.live) {
+      expects_->masterUp(r.key);
+    } else {
+      expects_->masterDown(r.key);
+    }
+  }
 
   RangeSum& sum = ranges_[rangeOfHash(e.keyHash)];
   if (b.live) {
@@ -533,11 +578,29 @@ uint64_t ReplicaTable::digestItem(const Entry& e) {
   h = mixIn(h, load64(r.labels.data()));
   h = mixIn(h, load64(r.labels.data() + 8));
   if (r.master) h = hashTuple(mixIn(h, 1), *r.master);
+  // Mixed in only when set, so that the digests of flows without them stay what they were.
+  for (uint64_t dir = 0; dir < 2; ++dir) {
+    const SeqAdjust& a = r.seqAdj[dir];
+    if (a == SeqAdjust{}) continue;
+    h = mixIn(h, 2 + dir);
+    h = mixIn(h, uint64_t{a.correctionPos} |
+                     (uint64_t{static_cast<uint32_t>(a.offsetBefore)} << 32));
+    h = mixIn(h, static_cast<uint32_t>(a.offsetAfter));
+  }
+  if ((r.sctpState | r.sctpVtag[0] | r.sctpVtag[1]) != 0) {
+    h = mixIn(mixIn(h, 4), uint64_t{r.sctpState} << 32 | r.sctpVtag[0]);
+    h = mixIn(h, r.sctpVtag[1]);
+  }
+  if ((r.dccpState | r.dccpRole | r.dccpHandshakeSeq) != 0) {
+    h = mixIn(mixIn(h, 5), uint64_t{r.dccpState} | (uint64_t{r.dccpRole} << 8));
+    h = mixIn(h, r.dccpHandshakeSeq);
+  }
   return h;
 }
 
 ExpireResult ReplicaTable::expire(Nanos now, std::vector<FlowDelete>* expiredFlows) {
   ExpireResult res;
+  expects_->expire(now);
   expiry_.popDue(now, [&](const flat::DeadlineWheel::Item& t) {
     // A timer is current iff its entry is in use and scheduled at its time. A stale one of an
     // earlier occupant of the slot may match too: then both are due and either does the same.
@@ -590,6 +653,7 @@ std::optional<size_t> ReplicaTable::endBulk(uint16_t node, uint32_t bulkId,
     }
   }
   stats_.swept += swept;
+  expects_->sweep(node, mark, startHlc);
   return swept;
 }
 
@@ -609,8 +673,9 @@ Digest ReplicaTable::digest(uint32_t range) const {
   Digest d;
   d.rangeFirst = static_cast<uint32_t>(firstOf(range));
   d.rangeLast = static_cast<uint32_t>(firstOf(uint64_t{range} + 1) - 1);
-  d.hash = ranges_[range].hash;
-  d.flows = ranges_[range].flows;
+  const auto [expectHash, expects] = expects_->rangeSum(range);
+  d.hash = ranges_[range].hash + expectHash;
+  d.flows = ranges_[range].flows + expects;
   return d;
 }
 
@@ -631,6 +696,7 @@ RangeContents ReplicaTable::flowsInRange(uint32_t range) const {
       out.tombstones.push_back(FlowDelete{e.flow.record.key, e.tombstone()});
     }
   });
+  expects_->collectRange(range, out);
   return out;
 }
 

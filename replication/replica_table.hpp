@@ -23,6 +23,10 @@
 //     Live flows with the same (zone, reply tuple) conflict: the one with the smallest
 //     (creator, key) wins and the others are NAT-shadowed — kept (they come back if the winner
 //     goes) but marked, so they are never committed to a kernel.
+// Expectations sit beside the flows (expect_table.hpp has their rules): last writer wins with
+// tombstones, swept by bulks and compared by digests as flows are, and removed when their
+// master flow stops being live here.
+//
 // Local decisions are outside the set rule: timeouts age on the local clock from the arrival
 // of the base, tombstones expire after Settings::tombstoneTtl, and expiry and bulk sweeps
 // forget a flow entirely (no tombstone: the owner may still resend the same version).
@@ -34,6 +38,8 @@
 // One instance per thread; no locks.
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <unordered_map>
@@ -98,6 +104,20 @@ struct ReplicaFlow {
   Nanos remaining(Nanos now) const;
 };
 
+// A replicated expectation as the table holds it.
+struct ReplicaExpect {
+  ExpectRecord record;  // record.version.node is the owner
+  Nanos received = 0;   // local time the record arrived: the timeout runs from here
+  // Its master flow is live here: only then may it be committed to a kernel.
+  bool masterLive = false;
+
+  // Time left of record.timeoutSec at local time `now`, never negative.
+  Nanos remaining(Nanos now) const;
+};
+
+// Total order on expectation contents (all but key and version), for tie-breaks.
+bool expectContentLess(const ExpectRecord& a, const ExpectRecord& b);
+
 struct ReplicaSettings {
   Nanos tombstoneTtl = table::seconds(120);  // longer than any reordering/resend delay
   uint32_t digestRanges = 256;               // 1 .. 65536
@@ -108,6 +128,10 @@ struct ReplicaStats {
   uint64_t flowsExpired = 0;  // live flows whose timeout ran out
   uint64_t tombstonesExpired = 0;
   uint64_t swept = 0;  // flows removed by bulk sweeps
+  uint64_t expectsExpired = 0;
+  uint64_t expectTombstonesExpired = 0;
+  uint64_t expectsSwept = 0;
+  uint64_t expectsDiedWithMaster = 0;  // removed because their master flow stopped being live
 };
 
 struct ExpireResult {
@@ -115,15 +139,23 @@ struct ExpireResult {
   size_t tombstones = 0;
 };
 
-// What a peer needs to repair one digest range: its live flows and its tombstones.
+// What a peer needs to repair one digest range: its live flows and expectations and their
+// tombstones.
 struct RangeContents {
   std::vector<FlowRecord> flows;
   std::vector<FlowDelete> tombstones;
+  std::vector<ExpectRecord> expects;
+  std::vector<ExpectDelete> expectTombstones;
 };
+
+class ExpectTable;
 
 class ReplicaTable {
  public:
   explicit ReplicaTable(const ReplicaSettings& settings);
+  ~ReplicaTable();
+  ReplicaTable(const ReplicaTable&) = delete;
+  ReplicaTable& operator=(const ReplicaTable&) = delete;
 
   // Sizes the indexes and the entry slab for `flows` flows (the cluster's table limit) so that
   // a bulk does not rehash on the way up. Takes address space, not memory: pages are backed
@@ -141,6 +173,24 @@ class ReplicaTable {
   std::vector<ApplyResult> applyBatch(std::span<const FlowRecord> records, Nanos now,
                                       bool fromWriter = true);
 
+  // Expectations (expect_table.hpp). `fromWriter` as for flows. The outcomes mean what they
+  // mean for flows; kMerged does not occur.
+  ApplyOutcome apply(const ExpectRecord& record, Nanos now, bool fromWriter = true);
+  ApplyOutcome apply(const ExpectDelete& del, Nanos now);
+  std::optional<ReplicaExpect> getExpect(const ExpectKey& key) const;
+  std::optional<Version> expectTombstone(const ExpectKey& key) const;  // when not live
+  // Calls f for every live expectation (masterLive or not), in no particular order. `f` must
+  // not change the table.
+  void forEachExpect(const std::function<void(const ReplicaExpect&)>& f) const;
+  size_t expectCount() const;
+  size_t expectTombstoneCount() const;
+  // Expectations whose live state or masterLive changed since the last call, whatever the cause
+  // (apply, expiry, sweep, their master's life); a key may repeat.
+  std::vector<ExpectKey> takeExpectChanges();
+  // Live expectations forgotten without a tombstone (expired, swept, died with their master)
+  // since the last call, with the version they had.
+  std::vector<ExpectDelete> takeExpectsForgotten();
+
   // Removes live flows whose timeout ran out and tombstones past their TTL. Amortised O(1) per
   // removal, plus a scan of the timers of the current tick (about a second) per call.
   // `expiredFlows`, when given, receives each expired live flow's key and version.
@@ -156,7 +206,8 @@ class ReplicaTable {
   // count: the sender repeats BulkBegin in every datagram of a bulk, so that the bulk opens even
   // when its first datagram is lost.
   void beginBulk(uint16_t node, uint32_t bulkId, uint64_t startHlc = UINT64_MAX);
-  // `removed`, when given, receives each swept flow's key and version.
+  // `removed`, when given, receives each swept flow's key and version. Expectations written by
+  // `node` are swept by the same rule (takeExpectsForgotten() tells which).
   std::optional<size_t> endBulk(uint16_t node, uint32_t bulkId,
                                 std::vector<FlowDelete>* removed = nullptr);
 
@@ -164,12 +215,13 @@ class ReplicaTable {
   // (h * ranges) >> 32 == r. The digest hash is the sum of a 64-bit hash of (key, version,
   // merged status, merged tcpState, the rest of the content) over the range's live flows
   // (NAT-shadowed included, tombstones not: they expire on local time), kept up to date in O(1) per
-  // change.
+  // change; plus the same over the live expectations whose expectKeyHash falls in the range.
+  // Digest::flows counts both.
   uint32_t rangeCount() const { return static_cast<uint32_t>(ranges_.size()); }
   uint32_t rangeOf(const FlowKey& key) const;
   Digest digest(uint32_t range) const;
   std::vector<Digest> digests() const;
-  RangeContents flowsInRange(uint32_t range) const;  // O(size()): a scan
+  RangeContents flowsInRange(uint32_t range) const;  // O(size() + expectations): a scan
 
   // Live flows only (NAT-shadowed included, flagged).
   std::optional<ReplicaFlow> get(const FlowKey& key) const;
@@ -258,6 +310,7 @@ class ReplicaTable {
   std::vector<FlowKey> shadowLifted_;
   size_t shadowed_ = 0;
   ReplicaStats stats_;
+  std::unique_ptr<ExpectTable> expects_;
 };
 
 }  // namespace ctsync::replication

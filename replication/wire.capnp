@@ -18,6 +18,13 @@
 #    TCP flow fill few words and the rest stays zero, which the packed encoding makes nearly
 #    free. Measure (tests/replication/codec_test.cpp prints bytes per upsert) before and after.
 #
+# Minor versions (major 0 throughout):
+#   1  the first protocol
+#   2  bulkBegin.startHlc, the `covered` record
+#   3  flow.extra (NAT sequence adjustment, SCTP and DCCP state); the `expect` and
+#      `expectDelete` records. A (minor 3) part in a datagram of minor 1 or 2 is kBadRecord:
+#      no writer of those minors can have sent it.
+#
 # Conventions: IPv4 addresses are UInt32 in host order (10.0.0.1 = 0x0a000001); an IPv6 address
 # is two UInt64, hi = bytes 0..7 and lo = bytes 8..15 read big-endian. The reply tuple of a flow
 # is not sent; instead, each of its fields is sent XORed with the same field of the inverted
@@ -29,7 +36,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("ctsync::replication::wire");
 
 struct Datagram {
-  protocolVersion @0 :UInt16;  # major << 8 | minor; 2 today (minor 2 added `covered`)
+  protocolVersion @0 :UInt16;  # major << 8 | minor; 3 today (see the history below)
   node @1 :UInt16;             # sender
   clusterId @2 :UInt32;
   bootEpoch @3 :UInt64;        # new on every start of the sender
@@ -81,6 +88,9 @@ struct Record {
       replyFull @26 :Tuple;      # the whole reply tuple, only when its address family or protocol
                                  # differs from the original's (never in conntrack; keeps the
                                  # codec lossless); the reply XOR fields are then zero
+      # (minor 3) What only some flows have: null when every field of it is zero, so an
+      # ordinary flow pays one zero pointer word, which joins the zero run of the words above.
+      extra @55 :FlowExtra;
     }
 
     # A flow delete (records.hpp FlowDelete): the original tuple, its zone and a version.
@@ -144,7 +154,55 @@ struct Record {
     covered :group {
       ranges @53 :List(SeqRange);
     }
+
+    # (minor 3) An expectation upsert (records.hpp ExpectRecord). Rare (helpers make them), so
+    # the tuples are whole Tuple structs, in the pointer slots the flow's parts use.
+    expect :group {
+      expected @56 :Tuple;       # key: the expected tuple, wildcard fields zero
+      mask @57 :Tuple;           # same family and protocol as `expected`
+      master @58 :Tuple;         # original tuple of the master flow, in the same zone
+      natTuple @59 :Tuple;       # null without NAT (CTA_EXPECT_NAT_TUPLE)
+      zone @60 :UInt16;
+      timeoutSec @61 :UInt32;    # remaining lifetime when the record was written
+      flags @62 :UInt32;         # expectflag bits
+      cls @63 :UInt32;           # the helper's expectation class
+      helper @64 :UInt8;         # table::helperCode()
+      fn @65 :UInt8;             # table::expectFnCode()
+      natDir @66 :UInt8;         # 0 original, 1 reply
+      hlcDelta @67 :UInt64;      # as in `flow`
+      versionNodeXor @68 :UInt16;
+      generation @69 :UInt32;
+    }
+
+    # (minor 3) An expectation delete (records.hpp ExpectDelete).
+    expectDelete :group {
+      expected @70 :Tuple;
+      zone @71 :UInt16;
+      hlcDelta @72 :UInt64;
+      versionNodeXor @73 :UInt16;
+      generation @74 :UInt32;
+    }
   }
+}
+
+# The rarer parts of a flow's state (minor 3; records.hpp FlowRecord).
+struct FlowExtra {
+  # NAT sequence adjustment per direction (the kernel's nf_ct_seqadj, CTA_SEQ_ADJ_ORIG/REPLY).
+  seqAdjOrigPos @0 :UInt32;       # correction position
+  seqAdjOrigBefore @1 :Int32;     # offset before it
+  seqAdjOrigAfter @2 :Int32;      # offset after it
+  seqAdjReplyPos @3 :UInt32;
+  seqAdjReplyBefore @4 :Int32;
+  seqAdjReplyAfter @5 :Int32;
+  # SCTP (l4 132): enum sctp_conntrack, verification tags of the original and reply direction.
+  sctpState @6 :UInt8;
+  sctpVtagOrig @7 :UInt32;
+  sctpVtagReply @8 :UInt32;
+  # DCCP (l4 33): enum ct_dccp_states, role of the original direction's sender (0 client,
+  # 1 server), handshake sequence number.
+  dccpState @9 :UInt8;
+  dccpRole @10 :UInt8;
+  dccpHandshakeSeq @11 :UInt64;
 }
 
 # IPv6 addresses of a flow (or of a key, where the reply XORs stay zero).

@@ -135,6 +135,14 @@ void expectFlowRoundTrip(const FlowRecord& f) {
   EXPECT_EQ(g->labels, f.labels);
   EXPECT_EQ(g->helper, f.helper);
   EXPECT_EQ(g->master, f.master);
+  EXPECT_EQ(g->seqAdj[0], f.seqAdj[0]);
+  EXPECT_EQ(g->seqAdj[1], f.seqAdj[1]);
+  EXPECT_EQ(g->sctpState, f.sctpState);
+  EXPECT_EQ(g->sctpVtag[0], f.sctpVtag[0]);
+  EXPECT_EQ(g->sctpVtag[1], f.sctpVtag[1]);
+  EXPECT_EQ(g->dccpState, f.dccpState);
+  EXPECT_EQ(g->dccpRole, f.dccpRole);
+  EXPECT_EQ(g->dccpHandshakeSeq, f.dccpHandshakeSeq);
   EXPECT_EQ(g->version, f.version);
   EXPECT_EQ(*g, f);
 }
@@ -221,6 +229,66 @@ TEST(CodecTest, NonTcpFlows) {
   expectFlowRoundTrip(f);
 }
 
+// Whether the encoded flow record (the only record of `bytes`) has its FlowExtra pointer set.
+bool wireHasExtra(const std::vector<uint8_t>& bytes) {
+  kj::ArrayInputStream in(kj::arrayPtr(bytes.data(), bytes.size()));
+  capnp::PackedMessageReader reader(in);
+  return reader.getRoot<wire::Datagram>().getRecords()[0].getFlow().hasExtra();
+}
+
+TEST(CodecTest, SeqAdjustSctpAndDccpStateRoundTrip) {
+  FlowRecord f = snatFlow();
+  EXPECT_FALSE(wireHasExtra(encodeOne({f})));  // an ordinary flow pays nothing for them
+  // FTP's PORT rewritten shorter in one direction, longer in the other; extreme values.
+  f.status |= table::status::kSeqAdjust;
+  f.seqAdj[0] = SeqAdjust{0xffffffff, -1, INT32_MIN};
+  f.seqAdj[1] = SeqAdjust{1, INT32_MAX, 7};
+  EXPECT_TRUE(wireHasExtra(encodeOne({f})));
+  expectFlowRoundTrip(f);
+  f.seqAdj[0] = SeqAdjust{};  // one direction only
+  expectFlowRoundTrip(f);
+  f.seqAdj[1] = SeqAdjust{0, -3, 0};  // only a negative offset before the position
+  expectFlowRoundTrip(f);
+
+  FlowRecord sctp = snatFlow();
+  sctp.key.orig.l4 = sctp.reply.l4 = 132;
+  sctp.tcpState = 0;
+  sctp.sctpState = 4;  // ESTABLISHED
+  sctp.sctpVtag[0] = 0xffffffff;
+  sctp.sctpVtag[1] = 0x12345678;
+  expectFlowRoundTrip(sctp);
+  sctp.sctpState = 9;
+  sctp.sctpVtag[0] = 0;
+  expectFlowRoundTrip(sctp);
+
+  FlowRecord dccp = snatFlow();
+  dccp.key.orig.l4 = dccp.reply.l4 = 33;
+  dccp.tcpState = 0;
+  dccp.dccpState = 4;  // OPEN
+  dccp.dccpRole = 1;
+  dccp.dccpHandshakeSeq = ~uint64_t{0} >> 16;  // DCCP sequence numbers have 48 bits
+  expectFlowRoundTrip(dccp);
+  dccp.dccpHandshakeSeq = ~uint64_t{0};
+  dccp.dccpState = 9;
+  expectFlowRoundTrip(dccp);
+  dccp.dccpState = 0;
+  dccp.dccpHandshakeSeq = 0;  // the role alone (a client is 0: then nothing is sent at all)
+  expectFlowRoundTrip(dccp);
+
+  // IPv6 with every out-of-line part at once.
+  FlowRecord g = tcpFlow(tcp6(v6(~0ull, ~0ull), v6(~0ull, 1), 1, 2), Tuple{});
+  g.master = tcp6(v6(~0ull, ~0ull), v6(~0ull, ~0ull), 3, 4);
+  g.labels.fill(0xff);
+  g.seqAdj[0] = SeqAdjust{~0u, INT32_MIN, INT32_MIN};
+  g.seqAdj[1] = SeqAdjust{~0u, INT32_MIN, INT32_MIN};
+  g.sctpState = 9;
+  g.sctpVtag[0] = g.sctpVtag[1] = ~0u;
+  g.dccpState = 9;
+  g.dccpRole = 1;
+  g.dccpHandshakeSeq = ~uint64_t{0};
+  expectFlowRoundTrip(g);
+}
+
 TEST(CodecTest, ReplyWithOtherFamilyOrProtocolIsCarriedWhole) {
   FlowRecord f = snatFlow();
   f.reply = Tuple{};  // a default reply, as a careless caller might leave it
@@ -237,6 +305,55 @@ TEST(CodecTest, DeletesRoundTrip) {
   FlowDelete d6{FlowKey{tcp6(v6(~0ull, 1), v6(2, ~0ull), 1, 65535), 0},
                 Version{0, ~uint64_t{0}, 0xffff}};
   expectRoundTrip({d, d6});
+}
+
+// An FTP data-connection expectation of `master` (PORT or 227: any source port, one
+// destination port), as the kernel's ftp helper makes it.
+ExpectRecord ftpExpect(const Tuple& master, uint16_t dataPort) {
+  ExpectRecord e;
+  e.master = master;
+  e.key.expected = master;
+  e.key.expected.sport = 0;  // wildcard
+  e.key.expected.dport = dataPort;
+  e.mask = master;
+  e.mask.src = master.l3 == L3::kIpv4 ? Addr::v4(0xffffffff) : v6(~0ull, ~0ull);
+  e.mask.dst = e.mask.src;
+  e.mask.sport = 0;
+  e.mask.dport = 0xffff;
+  e.timeoutSec = 300;
+  e.helper = 1;  // ftp
+  e.fn = 1;      // nat-follow-master
+  e.version = Version{0, (uint64_t{1'732'000'000'321} << 16) | 2, 2};
+  return e;
+}
+
+TEST(CodecTest, ExpectationsRoundTripIpv4AndIpv6WithAndWithoutNat) {
+  const Tuple m4 = tcp4(0x0a000105, 0x5db8d822, 51234, 21);
+  ExpectRecord e4 = ftpExpect(m4, 40123);
+  e4.key.zone = 3;
+  expectRoundTrip({e4});
+  ExpectRecord nat4 = e4;
+  nat4.natTuple = tcp4(0, 0xcb007109, 0, 40123);  // where the helper's NAT points it
+  nat4.natDir = 1;
+  nat4.flags = expectflag::kPermanent | expectflag::kInactive | expectflag::kUserspace;
+  nat4.cls = 0xffffffff;
+  nat4.timeoutSec = 0xffffffff;
+  nat4.version = Version{0xffffffff, ~uint64_t{0}, 0xffff};
+  expectRoundTrip({nat4});
+
+  const Tuple m6 = tcp6(v6(0x20010db800000001ull, 0x42), v6(0x2a0014500400080cull, 0x200e), 50000, 21);
+  ExpectRecord e6 = ftpExpect(m6, 50001);
+  expectRoundTrip({e6});
+  ExpectRecord nat6 = e6;
+  nat6.natTuple = tcp6(v6(0, 0), v6(0x20010db8ffff0000ull, 1), 0, 61000);
+  expectRoundTrip({nat6});
+
+  // Deletes, and a datagram that mixes them with flows: versions relative to the first record.
+  const ExpectDelete d4{e4.key, Version{1, 99, 3}};
+  const ExpectDelete d6{e6.key, Version{0, ~uint64_t{0}, 0xffff}};
+  expectRoundTrip({d4, d6});
+  expectRoundTrip({snatFlow(), nat4, d6, Alive{1}, e6, FlowDelete{FlowKey{m4, 0}, Version{}}});
+  EXPECT_FALSE(encodeOne({e4}).empty());
 }
 
 TEST(CodecTest, ControlRecordsRoundTrip) {
@@ -387,6 +504,11 @@ TEST(CodecTest, BuilderNeverExceedsMaxBytesWithAnyMix) {
         f.reply.dst = v6(rng(), rng());
         if (rng() % 2) f.master = tcp6(v6(rng(), rng()), v6(rng(), rng()), 3, 4);
         if (rng() % 2) f.labels.fill(0xff);
+        if (rng() % 2) {
+          f.seqAdj[rng() % 2] = SeqAdjust{static_cast<uint32_t>(rng()),
+                                          static_cast<int32_t>(rng()), static_cast<int32_t>(rng())};
+          f.dccpHandshakeSeq = rng();
+        }
         f.mark = static_cast<uint32_t>(rng());
         return f;
       }
@@ -403,6 +525,19 @@ TEST(CodecTest, BuilderNeverExceedsMaxBytesWithAnyMix) {
         return Digest{static_cast<uint32_t>(rng()), ~0u, rng(), 5};
       case 5:
         return Alive{rng()};
+      case 7: {
+        ExpectRecord e = ftpExpect(gen.flow(rng() % 2).key.orig, static_cast<uint16_t>(rng()));
+        if (rng() % 2) e.natTuple = tcp6(v6(rng(), rng()), v6(rng(), rng()), 0, 5);
+        if (rng() % 2) {
+          e.key.expected = tcp6(v6(rng(), rng()), v6(rng(), rng()), 0, 6);
+          e.mask = tcp6(v6(~0ull, ~0ull), v6(~0ull, ~0ull), 0, 0xffff);
+          e.master = tcp6(v6(rng(), rng()), v6(rng(), rng()), 7, 21);
+        }
+        e.version = Version{0, rng(), static_cast<uint16_t>(rng())};
+        return e;
+      }
+      case 8:
+        return ExpectDelete{ExpectKey{gen.flow(false).key.orig, 2}, Version{0, rng(), 1}};
       case 6: {
         Covered c;
         for (size_t i = rng() % 12; i > 0; --i) c.ranges.push_back({i, i + rng() % 1000});
@@ -474,7 +609,11 @@ std::vector<uint8_t> sampleDatagram() {
   FlowRecord g = snatFlow();
   g.key.orig = tcp6(v6(1, 2), v6(3, 4), 5, 6);
   g.reply = inverted(g.key.orig);
-  return encodeOne({f, g, Nack{1, 2, {{3, 4}}}, FlowDelete{f.key, f.version}, Alive{9}});
+  f.seqAdj[1] = SeqAdjust{5, -2, 3};
+  ExpectRecord e = ftpExpect(f.key.orig, 4000);
+  e.natTuple = tcp4(0, 7, 0, 4000);
+  return encodeOne({f, g, Nack{1, 2, {{3, 4}}}, FlowDelete{f.key, f.version}, Alive{9}, e,
+                    ExpectDelete{e.key, e.version}});
 }
 
 // Packs raw words the way a peer would (for hand-made messages).
@@ -579,6 +718,81 @@ TEST(CodecTest, OutOfRangeValuesAreBadRecords) {
     r.getFlow().initMaster().setFamily(static_cast<wire::Family>(2));
   };
   EXPECT_EQ(decodeErr(handMade(v, unknownMaster)), DecodeError::kBadRecord);
+  // SCTP and DCCP values beyond the kernel's enums.
+  EXPECT_EQ(decodeOk(handMade(v, [](auto r) { r.getFlow().initExtra().setSctpState(9); }))
+                .records.size(),
+            2u);
+  EXPECT_EQ(decodeErr(handMade(v, [](auto r) { r.getFlow().initExtra().setSctpState(10); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMade(v, [](auto r) { r.getFlow().initExtra().setDccpState(10); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMade(v, [](auto r) { r.getFlow().initExtra().setDccpRole(2); })),
+            DecodeError::kBadRecord);
+}
+
+// A message made by hand with one expectation record (all tuples set) that `mutate` spoils.
+std::vector<uint8_t> handMadeExpect(uint16_t version,
+                                    const std::function<void(wire::Record::Builder)>& mutate) {
+  capnp::MallocMessageBuilder msg;
+  auto dg = msg.initRoot<wire::Datagram>();
+  dg.setProtocolVersion(version);
+  auto recs = dg.initRecords(2);
+  recs[0].initAlive().setLastSeq(5);
+  auto x = recs[1].initExpect();
+  for (auto t : {x.initExpected(), x.initMask(), x.initMaster()}) t.setL4(6);
+  mutate(recs[1]);
+  return packMessage(msg);
+}
+
+TEST(CodecTest, MalformedExpectationsAreBadRecords) {
+  const uint16_t v = kProtocolVersion;
+  EXPECT_EQ(decodeOk(handMadeExpect(v, [](auto) {})).records.size(), 2u);
+  // Each required tuple missing.
+  EXPECT_EQ(decodeErr(handMadeExpect(v, [](auto r) { r.getExpect().disownExpected(); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMadeExpect(v, [](auto r) { r.getExpect().disownMask(); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMadeExpect(v, [](auto r) { r.getExpect().disownMaster(); })),
+            DecodeError::kBadRecord);
+  // A mask of another family or protocol than the tuple it masks.
+  EXPECT_EQ(decodeErr(handMadeExpect(v, [](auto r) { r.getExpect().getMask().setL4(17); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMadeExpect(v,
+                                     [](auto r) {
+                                       auto m = r.getExpect().getMask();
+                                       m.setFamily(wire::Family::IPV6);
+                                       m.initV6();
+                                     })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMadeExpect(v, [](auto r) { r.getExpect().setNatDir(2); })),
+            DecodeError::kBadRecord);
+  // IPv6 without addresses, in any of the tuples.
+  EXPECT_EQ(decodeErr(handMadeExpect(
+                v, [](auto r) { r.getExpect().initNatTuple().setFamily(wire::Family::IPV6); })),
+            DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMadeExpect(v, [](auto r) { r.initExpectDelete(); })),
+            DecodeError::kBadRecord);  // a delete without its tuple
+  // An unknown family: an error from our minor, skipped from a newer one.
+  auto unknownFamily = [](auto r) {
+    r.getExpect().getMaster().setFamily(static_cast<wire::Family>(5));
+  };
+  EXPECT_EQ(decodeErr(handMadeExpect(v, unknownFamily)), DecodeError::kBadRecord);
+  EXPECT_EQ(decodeOk(handMadeExpect(v + 1, unknownFamily)).records, std::vector<Record>{Alive{5}});
+  // Minor 3 added the kinds: a datagram of minor 2 cannot carry them.
+  EXPECT_EQ(decodeErr(handMadeExpect(2, [](auto) {})), DecodeError::kBadRecord);
+  EXPECT_EQ(decodeErr(handMadeExpect(2,
+                                     [](auto r) {
+                                       r.initExpectDelete().initExpected().setL4(6);
+                                     })),
+            DecodeError::kBadRecord);
+}
+
+TEST(CodecTest, FlowExtraIsAnErrorInAnOlderMinor) {
+  // Minor 3 added it: no writer of minor 2 can have sent one.
+  auto withExtra = [](auto r) { r.getFlow().initExtra().setSctpVtagOrig(1); };
+  EXPECT_EQ(decodeOk(handMade(kProtocolVersion, withExtra)).records.size(), 2u);
+  EXPECT_EQ(decodeErr(handMade(2, withExtra)), DecodeError::kBadRecord);
+  EXPECT_EQ(decodeOk(handMade(2, [](auto) {})).records.size(), 2u);
 }
 
 TEST(CodecTest, UnknownRecordKindIsSkippedOnlyFromNewerMinor) {
@@ -592,7 +806,10 @@ TEST(CodecTest, UnknownRecordKindIsSkippedOnlyFromNewerMinor) {
     // Overwrite the second record's union tag with a kind this build does not know.
     auto words = capnp::messageToFlatArray(msg);
     auto* bytes = reinterpret_cast<uint8_t*>(words.begin());
-    const size_t tagWord = 1 + 1 + 5 + 1 + 1 + 13 + 8;  // table, root, datagram, tag, rec 0
+    // Table, root, datagram, list tag, record 0; then the union tag's word in record 1.
+    constexpr size_t kRecordWords = wire::Record::_capnpPrivate::dataWordSize +
+                                    wire::Record::_capnpPrivate::pointerCount;
+    const size_t tagWord = 1 + 1 + 5 + 1 + 1 + kRecordWords + 8;
     bytes[tagWord * 8] = 99;
     ASSERT_EQ(bytes[(tagWord - 8) * 8], 6);  // the second record's lastSeq, as a layout check
     const auto packed = packWords(words.slice(1, words.size()));

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <vector>
 
@@ -541,6 +542,39 @@ TEST(ReplicaTableTest, DigestsSeeEveryFieldOfTheContent) {
   r.mark = 0;
   c.apply(r, kT0);
   EXPECT_EQ(a.digest(a.rangeOf(r.key)), c.digest(c.rangeOf(r.key)));
+}
+
+TEST(ReplicaTableTest, SeqAdjustSctpAndDccpStateAreContent) {
+  // Each of the newer fields alone: another value under the same version is a clash that
+  // every node breaks the same way, and digests tell the two replicas apart.
+  const std::vector<std::function<void(FlowRecord&)>> changes = {
+      [](FlowRecord& r) { r.seqAdj[0].offsetAfter = -12; },
+      [](FlowRecord& r) { r.seqAdj[1].correctionPos = 99; },
+      [](FlowRecord& r) { r.seqAdj[1].offsetBefore = INT32_MIN; },
+      [](FlowRecord& r) { r.sctpState = 4; },
+      [](FlowRecord& r) { r.sctpVtag[0] = 7; },
+      [](FlowRecord& r) { r.sctpVtag[1] = 7; },
+      [](FlowRecord& r) { r.dccpState = 4; },
+      [](FlowRecord& r) { r.dccpRole = 1; },
+      [](FlowRecord& r) { r.dccpHandshakeSeq = 1; },
+  };
+  for (size_t i = 0; i < changes.size(); ++i) {
+    SCOPED_TRACE(i);
+    const FlowRecord a = rec(key(3400), ver(0, 10, 1));
+    FlowRecord b = a;
+    changes[i](b);
+    EXPECT_NE(contentLess(a, b), contentLess(b, a));
+    ReplicaTable t1(settings()), t2(settings());
+    t1.apply(a, kT0);
+    t2.apply(b, kT0);
+    EXPECT_NE(t1.digest(t1.rangeOf(a.key)), t2.digest(t2.rangeOf(a.key)));
+    EXPECT_EQ(t1.apply(b, kT0).outcome, ApplyOutcome::kVersionClash);
+    EXPECT_EQ(t2.apply(a, kT0).outcome, ApplyOutcome::kVersionClash);
+    EXPECT_EQ(t1.get(a.key)->record, t2.get(a.key)->record);
+    EXPECT_EQ(t1.digest(t1.rangeOf(a.key)), t2.digest(t2.rangeOf(a.key)));
+    // A resend of the same content stays a duplicate.
+    EXPECT_EQ(t1.apply(t1.get(a.key)->record, kT0).outcome, ApplyOutcome::kIgnoredDuplicate);
+  }
 }
 
 // ---- the table's own structures under churn ----
