@@ -29,6 +29,8 @@ using Stream = asio::local::stream_protocol;
 const char* const kControlUsage =
     "  status [--json]              role, peers and their lag, table sizes, last commit\n"
     "  list [--replica] [--json]    this node's flows (or the replica: every node's)\n"
+    "  list --expect [--replica] [--json]\n"
+    "                               expectations, conntrack -L expect format\n"
     "  events [--replica]           live events, conntrack -E format, until interrupted\n"
     "  stats                        every counter, one per line\n"
     "  commit                       write every replica flow into the kernel now\n"
@@ -55,7 +57,7 @@ struct CommandSpec {
 };
 constexpr CommandSpec kCommands[] = {
     {"status", {"--json"}},
-    {"list", {"--replica", "--internal", "--json"}},
+    {"list", {"--replica", "--internal", "--json", "--expect"}},
     {"events", {"--replica"}},
     {"stats", {}},
     {"commit", {}},
@@ -115,7 +117,10 @@ void runCommand(Daemon& daemon, const std::string& line, std::function<void(Comm
     done({true, withNewline(daemon.status(has(words, "--json")))});
   } else if (cmd == "list") {
     std::string out;
-    for (const std::string& l : daemon.list(has(words, "--replica"), has(words, "--json"))) {
+    const bool replica = has(words, "--replica");
+    const bool json = has(words, "--json");
+    for (const std::string& l : has(words, "--expect") ? daemon.listExpectations(replica, json)
+                                                       : daemon.list(replica, json)) {
       out += l;
       out += '\n';
     }

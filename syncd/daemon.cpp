@@ -79,7 +79,11 @@ bool sameState(const FlowRecord& a, const FlowRecord& b) {
   return a.reply == b.reply && a.status == b.status && a.tcpState == b.tcpState &&
          flags(a, 0) == flags(b, 0) && flags(a, 1) == flags(b, 1) &&
          a.tcpScale[0] == b.tcpScale[0] && a.tcpScale[1] == b.tcpScale[1] && a.mark == b.mark &&
-         a.labels == b.labels && a.helper == b.helper && a.master == b.master;
+         a.labels == b.labels && a.helper == b.helper && a.master == b.master &&
+         a.seqAdj[0] == b.seqAdj[0] && a.seqAdj[1] == b.seqAdj[1] && a.sctpState == b.sctpState &&
+         a.sctpVtag[0] == b.sctpVtag[0] && a.sctpVtag[1] == b.sctpVtag[1] &&
+         a.dccpState == b.dccpState && a.dccpRole == b.dccpRole &&
+         a.dccpHandshakeSeq == b.dccpHandshakeSeq;
 }
 
 std::string jsonString(const std::string& s) {
@@ -172,6 +176,13 @@ std::variant<std::unique_ptr<Daemon>, std::string> Daemon::create(boost::asio::i
   if (auto* err = std::get_if<std::string>(&node)) return "sync link: " + *err;
   d->node_ = std::move(std::get<std::unique_ptr<replication::Node>>(node));
   d->node_->engine().onReplicaChange([self](const FlowKey& k) { self->onReplicaChange(k); });
+  if (config.kernel.expectations) {
+    auto expect = ExpectSync::open(io, config, *d->node_);
+    if (auto* err = std::get_if<std::string>(&expect)) return "kernel expectations: " + *err;
+    d->expect_ = std::move(std::get<std::unique_ptr<ExpectSync>>(expect));
+    d->node_->engine().onExpectChange([self](const ExpectKey& k) { self->onExpectChange(k); });
+    d->expect_->onMasterTouched([self](const FlowKey& k) { self->source_->refresh(k); });
+  }
   d->node_->engine().onNatConflict([self](const FlowKey& loser) {
     spdlog::warn("nat_conflict flow=\"{}\" (the earlier flow keeps the NAT mapping)",
                  formatFlowKey(loser, nullptr));
@@ -230,10 +241,12 @@ uint32_t Daemon::remainingSeconds(const ReplicaFlow& f) const {
 void Daemon::startSource() {
   if (source_->running()) return;
   source_->start();  // the dump runs in slices on the io_context: onDumpBegin ... onDumpEnd
+  if (expect_) expect_->start();  // expectations are few: their dump runs now
   node_->kick();
 }
 
 void Daemon::stopSource() {
+  if (expect_) expect_->stop();
   source_->stop();  // a dump in progress is abandoned without dumpEnd
   inDump_ = false;
   dumpSeen_.clear();
@@ -313,7 +326,10 @@ void Daemon::armRefresh() {
   refreshTimer_.expires_after(std::chrono::nanoseconds(kRefreshInterval));
   refreshTimer_.async_wait([this, alive = alive_](const boost::system::error_code& ec) {
     if (ec || !*alive || closed_) return;
-    if (role_ == Role::kActive && source_->running()) source_->resync();
+    if (role_ == Role::kActive && source_->running()) {
+    source_->resync();
+    if (expect_) expect_->resync();
+  }
     armRefresh();
   });
 }
@@ -341,6 +357,18 @@ void Daemon::onReplicaChange(const FlowKey& key) {
   if (continuous && role_ != Role::kActive && !promoting_) scheduleContinuous();
 }
 
+void Daemon::onExpectChange(const ExpectKey& key) {
+  if (!expect_) return;
+  const bool continuous = config_.kernel.commit == conf::KernelSettings::Commit::kContinuous;
+  if (promoting_ || (continuous && role_ != Role::kActive)) expect_->changed(key);
+  if (continuous && role_ != Role::kActive && !promoting_) scheduleContinuous();
+}
+
+ExpectCommitResult Daemon::commitExpectations(bool all) {
+  if (!expect_) return {};
+  return all ? expect_->commitAll() : expect_->commitPending();
+}
+
 void Daemon::scheduleContinuous() {
   if (continuousArmed_ || closed_) return;
   continuousArmed_ = true;
@@ -348,12 +376,16 @@ void Daemon::scheduleContinuous() {
   continuousTimer_.async_wait([this, alive = alive_](const boost::system::error_code& ec) {
     if (ec || !*alive) return;
     continuousArmed_ = false;
-    if (closed_ || role_ == Role::kActive || promoting_ || pending_.empty()) return;
+    const bool expectations = expect_ && expect_->hasPending();
+    if (closed_ || role_ == Role::kActive || promoting_ || (pending_.empty() && !expectations)) {
+      return;
+    }
     if (committing_) {  // the sinks are busy with a large commit: after it
       scheduleContinuous();
       return;
     }
     const CommitResult r = commitPending();
+    commitExpectations(false);  // after the flows: their masters must be there
     ++continuousCommits_;
     if (r.failed > 0) {
       spdlog::warn("continuous_commit_failures failed={} first=\"{}\"", r.failed,
@@ -520,15 +552,19 @@ void Daemon::promote(ReplyFn done) {
     // The kernel holds the flows already: write the last changes and answer. Then, in the
     // background, the whole replica once more — flows a continuous commit could not write
     // (failed, flushed, a NAT conflict lifted) get in before they are adopted.
-    replyPromoted(commitPending(), from, std::move(done));
+    const CommitResult flows = commitPending();
+    const ExpectCommitResult expectations = commitExpectations(false);
+    replyPromoted(flows, expectations, from, std::move(done));
     commitInBackground(replicaToCommit(), "promote-check", [this](const CommitResult& r) {
       spdlog::info("promote_check created={} updated={} failed={} seconds={:.3f}", r.created,
                    r.updated, r.failed, r.seconds);
+      commitExpectations(true);  // the ones a continuous commit missed (master came late)
       completePromotion();
     });
     return;
   }
   pending_.clear();
+  if (expect_) expect_->dropPending();
   commitInBackground(replicaToCommit(), "promote",
                      [this, from, done = std::move(done)](CommitResult r) mutable {
                        // What changed while the snapshot was being written.
@@ -539,7 +575,10 @@ void Daemon::promote(ReplyFn done) {
                          r.seconds += late.seconds;
                          noteCommit(r, "promote");
                        }
-                       replyPromoted(r, from, std::move(done));
+                       // The masters are in: now what they announced (a data connection
+                       // opened right after the addresses move must find its expectation).
+                       const ExpectCommitResult e = commitExpectations(true);
+                       replyPromoted(r, e, from, std::move(done));
                        boost::asio::post(io_, [this, alive = alive_] {
                          if (*alive && !closed_) completePromotion();
                        });
@@ -547,16 +586,25 @@ void Daemon::promote(ReplyFn done) {
 }
 
 // The kernel holds the flows: the caller may raise the addresses now.
-void Daemon::replyPromoted(const CommitResult& r, Role from, ReplyFn done) {
+void Daemon::replyPromoted(const CommitResult& r, const ExpectCommitResult& e, Role from,
+                           ReplyFn done) {
   setRole(Role::kActive);
   ++promotions_;
-  spdlog::info("promoted from={} created={} updated={} failed={} seconds={:.3f}", roleName(from),
-               r.created, r.updated, r.failed, r.seconds);
+  spdlog::info(
+      "promoted from={} created={} updated={} failed={} seconds={:.3f} expectations={} "
+      "expectations_failed={}",
+      roleName(from), r.created, r.updated, r.failed, r.seconds, e.created, e.failed);
   if (r.failed > 0) {
     spdlog::warn("promote_commit_failures failed={} first=\"{}\"", r.failed,
                  r.errors.empty() ? "" : r.errors.front());
   }
-  done({true, "promoted: " + commitSummary(r)});
+  std::string text = "promoted: " + commitSummary(r);
+  if (expect_) {
+    text += "\n" + std::to_string(e.created + e.failed) + " expectations (created " +
+            std::to_string(e.created) + ", failed " + std::to_string(e.failed) + ")";
+    for (const std::string& line : e.errors) text += "\n  " + line;
+  }
+  done({true, text});
 }
 
 // After the answer: what changed since is written too, then the flows become ours (a new
@@ -564,6 +612,7 @@ void Daemon::replyPromoted(const CommitResult& r, Role from, ReplyFn done) {
 // of the kernel's falls in between; flows the kernel does not hold are deleted at that dump).
 void Daemon::completePromotion() {
   if (!pending_.empty()) commitPending();
+  commitExpectations(false);
   promoting_ = false;
   if (role_ != Role::kActive) return;
   node_->engine().adoptAll(now());
@@ -637,9 +686,15 @@ void Daemon::commit(ReplyFn done) {
     return;
   }
   commitInBackground(replicaToCommit(), "commit", [this, done = std::move(done)](CommitResult r) {
-    spdlog::info("committed created={} updated={} failed={} seconds={:.3f}", r.created, r.updated,
-                 r.failed, r.seconds);
-    done({r.failed == 0, "committed: " + commitSummary(r)});
+    const ExpectCommitResult e = commitExpectations(true);
+    spdlog::info("committed created={} updated={} failed={} seconds={:.3f} expectations={}",
+                 r.created, r.updated, r.failed, r.seconds, e.created);
+    std::string text = "committed: " + commitSummary(r);
+    if (expect_) {
+      text += "\n" + std::to_string(e.created + e.failed) + " expectations (created " +
+              std::to_string(e.created) + ", failed " + std::to_string(e.failed) + ")";
+    }
+    done({r.failed == 0 && e.failed == 0, text});
   });
 }
 
@@ -787,6 +842,37 @@ std::vector<Metric> Daemon::metrics() const {
   counter("upserts_received_total", "flow records received", u(e.upsertsReceived));
   counter("deletes_received_total", "flow deletes received", u(e.deletesReceived));
   counter("resent_records_total", "records resent for nacks or digests", u(e.resentRecords));
+  gauge("local_expectations", "expectations this node owns (its kernel's, while active)",
+        u(node_->engine().localExpects()));
+  gauge("replica_expectations", "expectations in the merged replica (every node's)",
+        u(node_->engine().replica().expectCount()));
+  counter("expect_upserts_sent_total", "expectation records sent (resends and bulks included)",
+          u(e.expectUpsertsSent));
+  counter("expect_deletes_sent_total", "expectation deletes sent", u(e.expectDeletesSent));
+  counter("expect_upserts_received_total", "expectation records received",
+          u(e.expectUpsertsReceived));
+  counter("expect_deletes_received_total", "expectation deletes received",
+          u(e.expectDeletesReceived));
+  if (expect_) {
+    const KernelExpectCounters& xs = expect_->sourceCounters();
+    const KernelExpectSinkCounters& xk = expect_->sinkCounters();
+    counter("kernel_expect_new_events_total", "expectation NEW events from the kernel",
+            u(xs.newEvents));
+    counter("kernel_expect_destroy_events_total", "expectation DESTROY events from the kernel",
+            u(xs.destroyEvents));
+    counter("kernel_expect_filtered_total", "kernel expectations of helpers not synced",
+            u(xs.filtered));
+    counter("kernel_expect_unparsable_total", "kernel expectations that could not be carried",
+            u(xs.unparsable));
+    counter("kernel_expect_overruns_total", "expectation event socket overruns (ENOBUFS)",
+            u(xs.overruns));
+    counter("kernel_expect_dumps_total", "dumps of the kernel's expectations", u(xs.dumps));
+    counter("kernel_expect_commits_total", "expectation commits into the kernel", u(xk.commits));
+    counter("kernel_expect_created_total", "expectations created in the kernel", u(xk.created));
+    counter("kernel_expect_deleted_total", "expectations deleted from the kernel", u(xk.deleted));
+    counter("kernel_expect_failed_total", "expectation creates or deletes the kernel refused",
+            u(xk.failed));
+  }
   counter("acks_sent_total", "acks sent", u(e.acksSent));
   counter("nacks_sent_total", "nacks sent", u(e.nacksSent));
   counter("nacks_received_total", "nacks received", u(e.nacksReceived));
@@ -884,6 +970,10 @@ std::vector<std::string> Daemon::list(bool replica, bool json) const {
   }
   std::sort(out.begin(), out.end());
   return out;
+}
+
+std::vector<std::string> Daemon::listExpectations(bool replica, bool json) const {
+  return expect_ ? expect_->list(replica, json) : std::vector<std::string>{};
 }
 
 int Daemon::subscribe(bool replica, EventFn fn) {

@@ -20,6 +20,7 @@
 
 #include "conf/config.hpp"
 #include "replication/node.hpp"
+#include "syncd/expect_sync.hpp"
 #include "syncd/kernel.hpp"
 
 namespace ctsync::syncd {
@@ -88,6 +89,9 @@ class Daemon {
   // Flows as text lines (`conntrack -L -o extended`) or JSON objects: this node's own (internal)
   // or the replica (every node's flows as merged here).
   std::vector<std::string> list(bool replica, bool json) const;
+  // Expectations as `conntrack -L expect` lines or JSON, this node's own or the replica's;
+  // empty when [kernel] expectations is off.
+  std::vector<std::string> listExpectations(bool replica, bool json) const;
 
   // Live event lines (`conntrack -E -o extended` form): this node's kernel events while active,
   // and with `replica` the replica's changes. Returns an id for unsubscribe().
@@ -106,6 +110,9 @@ class Daemon {
   void onDumpEnd();
   // Replica changes: continuous commit and replica event lines.
   void onReplicaChange(const FlowKey& key);
+  void onExpectChange(const ExpectKey& key);
+  // Expectations after their masters: everything (promotion) or what changed (continuous).
+  ExpectCommitResult commitExpectations(bool all);
   void scheduleContinuous();
   std::pair<std::vector<FlowRecord>, std::vector<FlowKey>> takePending();
   CommitResult commitPending();
@@ -118,7 +125,8 @@ class Daemon {
                           std::function<void(CommitResult)> done);
   void noteCommit(const CommitResult& r, const char* why);
   std::vector<FlowRecord> replicaToCommit() const;
-  void replyPromoted(const CommitResult& r, Role from, ReplyFn done);
+  void replyPromoted(const CommitResult& r, const ExpectCommitResult& e, Role from,
+                     ReplyFn done);
   void completePromotion();
   void setRole(Role role);
   // A replica flow as it should be written into the kernel, if it should be (live, not ours,
@@ -135,6 +143,7 @@ class Daemon {
   Role role_ = Role::kBackup;
   std::unique_ptr<replication::Node> node_;
   std::unique_ptr<KernelSource> source_;
+  std::unique_ptr<ExpectSync> expect_;  // null with [kernel] expectations = false
   std::vector<std::unique_ptr<KernelSink>> sinks_;  // one per commit thread; [0] for small ones
   bool committing_ = false;                         // a background commit owns the sinks
   // From promote() until the flows are adopted and the kernel mirrored (after the reply).

@@ -140,4 +140,80 @@ std::string formatFlowJson(const replication::FlowRecord& r, uint32_t remainingS
   return out;
 }
 
+namespace {
+
+// "src=A dst=B sport=P dport=Q " with the given prefix on the address keys (conntrack prints
+// the mask as mask-src=, the master as master-src=).
+void appendExpectTuple(std::string& out, const table::Tuple& t, const char* prefix) {
+  out += std::string(prefix) + "src=" + table::formatAddr(t.l3, t.src) + " " + prefix + "dst=" +
+         table::formatAddr(t.l3, t.dst) + " ";
+  std::string ports;
+  table::Tuple onlyPorts = t;
+  onlyPorts.src = onlyPorts.dst = {};
+  table::appendTupleText(ports, onlyPorts);
+  // appendTupleText starts with the addresses: keep what follows them.
+  const size_t at = ports.find(' ', ports.find(" dst=") + 1);
+  if (at != std::string::npos) out += ports.substr(at + 1);
+}
+
+}  // namespace
+
+std::string formatExpect(const replication::ExpectRecord& e, uint32_t remainingSec,
+                         const char* event) {
+  std::string out;
+  if (event != nullptr) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%9s ", (std::string("[") + event + "]").c_str());
+    out += buf;
+  }
+  out += std::to_string(remainingSec) + " proto=" + std::to_string(e.key.expected.l4) + " ";
+  appendExpectTuple(out, e.key.expected, "");
+  appendExpectTuple(out, e.mask, "mask-");
+  appendExpectTuple(out, e.master, "master-");
+  if (e.key.zone != 0) out += "zone=" + std::to_string(e.key.zone) + " ";
+  std::string flags;
+  for (const auto& [bit, name] : {std::pair{replication::expectflag::kPermanent, "PERMANENT"},
+                                  std::pair{replication::expectflag::kInactive, "INACTIVE"},
+                                  std::pair{replication::expectflag::kUserspace, "USERSPACE"}}) {
+    if ((e.flags & bit) == 0) continue;
+    if (!flags.empty()) flags += ',';
+    flags += name;
+  }
+  if (!flags.empty()) out += flags + " ";
+  out += "class=" + std::to_string(e.cls) + " ";
+  if (const std::string_view h = table::helperName(e.helper); !h.empty()) {
+    out += "helper=";
+    out += h;
+    out += ' ';
+  }
+  trim(out);
+  return out;
+}
+
+std::string formatExpectJson(const replication::ExpectRecord& e, uint32_t remainingSec) {
+  const table::Tuple& t = e.key.expected;
+  std::string out = "{\"timeout\":" + std::to_string(remainingSec);
+  out += std::string(",\"family\":\"") + (t.l3 == table::L3::kIpv4 ? "ipv4" : "ipv6") + "\"";
+  out += std::string(",\"proto\":\"") + table::l4ProtoName(t.l4) + "\"";
+  out += ",\"expected\":";
+  table::appendTupleJson(out, t);
+  out += ",\"mask\":";
+  table::appendTupleJson(out, e.mask);
+  out += ",\"master\":";
+  table::appendTupleJson(out, e.master);
+  out += ",\"zone\":" + std::to_string(e.key.zone);
+  out += ",\"flags\":" + std::to_string(e.flags);
+  out += ",\"class\":" + std::to_string(e.cls);
+  out += std::string(",\"helper\":\"") + std::string(table::helperName(e.helper)) + "\"";
+  out += std::string(",\"fn\":\"") + std::string(table::expectFnName(e.fn)) + "\"";
+  if (e.natTuple) {
+    out += ",\"nat\":{\"dir\":" + std::to_string(e.natDir) + ",\"src\":\"" +
+           table::formatAddr(e.natTuple->l3, e.natTuple->src) +
+           "\",\"sport\":" + std::to_string(e.natTuple->sport) + "}";
+  }
+  out += ",\"owner\":" + std::to_string(e.version.node);
+  out += "}";
+  return out;
+}
+
 }  // namespace ctsync::syncd

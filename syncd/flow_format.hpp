@@ -19,4 +19,13 @@ std::string formatFlowKey(const replication::FlowKey& key, const char* event);  
 std::string formatFlowJson(const replication::FlowRecord& r, uint32_t remainingSec,
                            const char* event = nullptr);
 
+// One `conntrack -L expect` line: timeout, proto, the expected tuple, its mask, the master's
+// tuple, zone, flags, class, helper. `event` "NEW" or "DESTROY" for a `conntrack -E expect`
+// line, or null.
+std::string formatExpect(const replication::ExpectRecord& e, uint32_t remainingSec,
+                         const char* event = nullptr);
+// One JSON object: timeout, family, proto, expected, mask, master, zone, flags, class, helper,
+// fn, nat (when set), owner.
+std::string formatExpectJson(const replication::ExpectRecord& e, uint32_t remainingSec);
+
 }  // namespace ctsync::syncd

@@ -1288,6 +1288,22 @@ void KernelSource::resync() {
   impl_->requestDump();
 }
 
+void KernelSource::refresh(const FlowKey& key) {
+  Impl& d = *impl_;
+  // The dump socket answers GETs too: not while a dump streams on it (that dump, or the next
+  // refresh dump, reports the entry anyway).
+  if (!d.running || d.dump.active || d.depth > 0) return;
+  GetAnswer a = d.requester.get(key);
+  if (!a.record) return;  // gone: its DESTROY follows
+  if (!d.filter.accepts(*a.record)) {
+    ++d.counters.filtered;
+    return;
+  }
+  ++d.counters.refreshed;
+  Impl::Delivery guard(&d);
+  if (d.cb.upsert) d.cb.upsert(*a.record);
+}
+
 void KernelSource::expectEcho(const FlowRecord& r) {
   const Clock::time_point now = Clock::now();
   impl_->expireEchoes(now);

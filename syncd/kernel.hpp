@@ -105,6 +105,7 @@ struct KernelSourceCounters {
   uint64_t overruns = 0;          // ENOBUFS on the event socket
   uint64_t dumps = 0;             // full dumps (start + one per overrun + requested)
   uint64_t dumpedFlows = 0;       // flows reported by those dumps
+  uint64_t refreshed = 0;         // entries read back by refresh()
 };
 
 class KernelSource {
@@ -154,6 +155,12 @@ class KernelSource {
   void resync();
   // Whether a dump is under way (dumpBegin called, dumpEnd not yet).
   bool dumping() const;
+  // Reads `key`'s entry now (a GET) and reports it through upsert, as an event would: for the
+  // changes the kernel sends no event for. A helper's sequence adjustment is one: nf_ct_seqadj_set
+  // caches no event, so an FTP control flow whose PORT NAT rewrote to another length would
+  // otherwise carry its new offsets only at its next event or the next refresh dump. Nothing
+  // while stopped, while a dump runs (it reports the entry) or from inside a callback.
+  void refresh(const FlowKey& key);
 
   // The next NEW/UPDATE event for r.key whose status bits (those a commit carries: EXPECTED,
   // SEEN_REPLY, ASSURED, SRC_NAT, DST_NAT), TCP state, mark and reply tuple equal r's is our own

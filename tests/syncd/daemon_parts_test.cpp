@@ -91,6 +91,38 @@ TEST(FlowFormatTest, HelperAndSctpState) {
             "[UNREPLIED] src=10.0.0.2 dst=10.0.0.1 sport=2 dport=1 mark=0 use=1");
 }
 
+// The line conntrack -L expect printed for this expectation on Linux 6.18 (kernel_netns's
+// ExpectationsCommittedDumpedAndFollowed made it there).
+TEST(FlowFormatTest, ExpectationLineIsConntracks) {
+  replication::ExpectRecord e;
+  e.key.expected = {Addr::v4(0x0a460002), Addr::v4(0x0a460101), 0, 50000, table::L3::kIpv4,
+                    table::proto::kTcp};
+  e.mask = {Addr::v4(0xffffffff), Addr::v4(0xffffffff), 0, 0xffff, table::L3::kIpv4,
+            table::proto::kTcp};
+  e.master = {Addr::v4(0x0a460001), Addr::v4(0x0a460002), 40000, 21, table::L3::kIpv4,
+              table::proto::kTcp};
+  e.helper = 1;
+  EXPECT_EQ(formatExpect(e, 199),
+            "199 proto=6 src=10.70.0.2 dst=10.70.1.1 sport=0 dport=50000 "
+            "mask-src=255.255.255.255 mask-dst=255.255.255.255 sport=0 dport=65535 "
+            "master-src=10.70.0.1 master-dst=10.70.0.2 sport=40000 dport=21 class=0 helper=ftp");
+  e.flags = replication::expectflag::kPermanent | replication::expectflag::kInactive;
+  e.key.zone = 2;
+  EXPECT_NE(formatExpect(e, 5, "NEW").find("    [NEW] 5 proto=6 "), std::string::npos);
+  EXPECT_NE(formatExpect(e, 5).find("dport=21 zone=2 PERMANENT,INACTIVE class=0 helper=ftp"),
+            std::string::npos)
+      << formatExpect(e, 5);
+  e.fn = 1;
+  e.natTuple = table::Tuple{Addr::v4(0x0a010064), Addr{}, 40001, 0, table::L3::kIpv4,
+                            table::proto::kTcp};
+  e.natDir = 1;
+  const std::string j = formatExpectJson(e, 5);
+  EXPECT_NE(j.find("\"fn\":\"nat-follow-master\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"nat\":{\"dir\":1,\"src\":\"10.1.0.100\",\"sport\":40001}"),
+            std::string::npos)
+      << j;
+}
+
 TEST(FlowFormatTest, JsonCarriesOwnerAndFlags) {
   const std::string j = formatFlowJson(natTcp(), 100, "UPDATE");
   EXPECT_EQ(j.front(), '{');

@@ -1175,6 +1175,28 @@ TEST_F(KernelNetns, CommitRate) {
   RecordProperty("single_message_per_second", static_cast<int>(singleRate));
 }
 
+// A control flow whose PORT a helper rewrote to another length: its sequence adjustment goes
+// into the kernel with the create and again with an update, and comes back from a dump.
+TEST_F(KernelNetns, SequenceAdjustmentCommittedAndReadBack) {
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  FlowRecord ftp = tcpFlow(0x0a460001, 40000, 0x0a460002, 21);
+  ftp.helper = 1;
+  ftp.status |= st::kSeqAdjust;
+  ftp.seqAdj[0] = {123456789u, 0, -1};
+  ftp.seqAdj[1] = {0, 0, 0};
+  ASSERT_EQ(sink->commit(std::span<const FlowRecord>(&ftp, 1)).created, 1u);
+  Table kernel = dumpTable();
+  ASSERT_EQ(kernel.size(), 1u);
+  EXPECT_TRUE(kernel.at(ftp.key).status & st::kSeqAdjust);
+  EXPECT_EQ(kernel.at(ftp.key).seqAdj[0], ftp.seqAdj[0]);
+  ftp.seqAdj[0] = {123456999u, -1, -2};
+  CommitResult res = sink->commit(std::span<const FlowRecord>(&ftp, 1));
+  EXPECT_EQ(res.updated, 1u);
+  kernel = dumpTable();
+  EXPECT_EQ(kernel.at(ftp.key).seqAdj[0], ftp.seqAdj[0]);
+}
+
 // ---- expectations ------------------------------------------------------------------------
 
 // An FTP data connection as the ftp helper announces it after a PORT from 10.70.1.1 through

@@ -325,12 +325,15 @@ if [ "$COMMIT" = continuous ]; then
     wait_for 5 kernel_has_sessions
 fi
 echo "fw2: expectations in ctsyncd's replica and in the kernel before the failover:"
-if exp=$(ctl fw2 list --replica --expectations 2>&1); then
+if exp=$(ctl fw2 list --expect --replica 2>&1); then
   # shellcheck disable=SC2001  # every line prefixed
   sed 's/^/    ctsyncctl: /' <<<"$exp"
 else
-  echo "    ctsyncctl: (this ctsyncctl has no list --expectations)"
+  echo "    ctsyncctl: (this ctsyncctl has no list --expect)"
 fi
+echo "fw2: the control flows' sequence adjustment in ctsyncd's replica:"
+ctl fw2 list --replica --json 2>/dev/null | grep '"dport":21' | grep -o '"seq_adjust_orig":{[^}]*}' |
+  sed 's/^/    /' || echo "    (none)"
 ip netns exec "${NS[fw2]}" conntrack -L expect 2>&1 | sed 's/^/    kernel: /'
 
 # ---- 3. the failover ------------------------------------------------------------------------
