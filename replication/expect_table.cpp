@@ -61,8 +61,7 @@ uint32_t ExpectTable::rangeOf(const ExpectKey& key) const {
   return static_cast<uint32_t>(((expectKeyHash(key) >> 32) * ranges_.size()) >> 32);
 }
 
-void ExpectTable::schedule(const ExpectKey& key, Nanos at, Nanos now) {
-  (void)now;
+void ExpectTable::schedule(const ExpectKey& key, Nanos at) {
   timers_.push({at, key});
   // Timers of replaced deadlines pile up until their time: past twice the entries, start over
   // from the entries' own deadlines.
@@ -88,7 +87,7 @@ void ExpectTable::take(Entry& e, const ExpectRecord& r, Nanos now, bool masterLi
   ++sum.second;
   byMaster_[masterOf(r)].push_back(r.key);
   e.deadline = now + static_cast<Nanos>(r.timeoutSec) * table::kSecond;
-  schedule(r.key, e.deadline, now);
+  schedule(r.key, e.deadline);
   changes_.push_back(r.key);
 }
 
@@ -159,7 +158,7 @@ ApplyOutcome ExpectTable::apply(const ExpectDelete& d, Nanos now) {
   e.expect.record.key = d.key;
   e.version = d.version;
   e.deadline = now + tombstoneTtl_;
-  schedule(d.key, e.deadline, now);
+  schedule(d.key, e.deadline);
   return wasLive ? ApplyOutcome::kDeleted : ApplyOutcome::kTombstoned;
 }
 

@@ -42,8 +42,8 @@ class ExpectTable {
   ApplyOutcome apply(const ExpectRecord& r, Nanos now, uint32_t bulkMark, bool masterLive);
   ApplyOutcome apply(const ExpectDelete& d, Nanos now);
 
-  // The flow `master` became live, or stopped being live, in the replica.
-  bool watches(const FlowKey& master) const { return byMaster_.count(master) != 0; }
+  // The flow `master` became live, or stopped being live, in the replica. Only needed while
+  // some expectation is live (watchesAny).
   bool watchesAny() const { return !byMaster_.empty(); }
   void masterUp(const FlowKey& master);
   void masterDown(const FlowKey& master);
@@ -88,7 +88,7 @@ class ExpectTable {
   void take(Entry& e, const ExpectRecord& r, Nanos now, bool masterLive);
   void leave(Entry& e);  // the live expectation stops being live: out of digest and index
   void forget(Map::iterator it);
-  void schedule(const ExpectKey& key, Nanos at, Nanos now);
+  void schedule(const ExpectKey& key, Nanos at);
   uint32_t rangeOf(const ExpectKey& key) const;
 
   Nanos tombstoneTtl_;

@@ -172,12 +172,13 @@ struct BulkEnd {
   friend bool operator==(const BulkEnd&, const BulkEnd&) = default;
 };
 
-// Anti-entropy: a hash over the flows (key, version) whose key hash falls in [first, last].
+// Anti-entropy: a hash over the flows (key, version) whose key hash falls in [first, last],
+// and (from minor 3) the expectations whose expectKeyHash does.
 struct Digest {
   uint32_t rangeFirst = 0;
   uint32_t rangeLast = 0;
   uint64_t hash = 0;
-  uint32_t flows = 0;
+  uint32_t flows = 0;  // live flows and expectations
   friend bool operator==(const Digest&, const Digest&) = default;
 };
 
