@@ -36,7 +36,11 @@
 #   --rounds R           repeat everything R times; the summary gives each round's figure
 #   --work DIR           keep configs, logs and results in DIR (default: a temporary directory,
 #                        removed after a successful run)
+#   --expectations X     FTP control flows with one expectation each in the expectation
+#                        scenario (default 4000, within the kernel's nf_conntrack_expect_max of
+#                        4096; 0 = skip): B's commit of the flows and then the expectations
 #   --ctsyncd PATH, --ctsyncctl PATH   (or $CTSYNCD, $CTSYNCCTL; default build/syncd/ in the repo)
+#   --expect-loader PATH (or $EXPECT_LOADER; default build/tests/bench/expect_loader)
 # Exit status: 0 done, 1 a daemon did not sync or commit (or the set-up failed), 2 usage,
 # 77 not root.
 #
@@ -51,6 +55,8 @@ TPL="$HERE/vs_conntrackd"
 CTSYNCD=${CTSYNCD:-$REPO/build/syncd/ctsyncd}
 CTSYNCCTL=${CTSYNCCTL:-$REPO/build/syncd/ctsyncctl}
 CONNTRACKD=${CONNTRACKD:-conntrackd}
+EXPECT_LOADER=${EXPECT_LOADER:-$REPO/build/tests/bench/expect_loader}
+EXPECTS=""
 
 QUICK=0
 SIZES=""
@@ -74,21 +80,23 @@ while [ $# -gt 0 ]; do
   --work) WORK=$2; KEEP_WORK=1; shift ;;
   --ctsyncd) CTSYNCD=$2; shift ;;
   --ctsyncctl) CTSYNCCTL=$2; shift ;;
+  --expectations) EXPECTS=$2; shift ;;
+  --expect-loader) EXPECT_LOADER=$2; shift ;;
   -h | --help) usage; exit 0 ;;
   *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 if [ $QUICK -eq 1 ]; then
-  SIZES=${SIZES:-10000} EVENTS=${EVENTS:-5000}
+  SIZES=${SIZES:-10000} EVENTS=${EVENTS:-5000} EXPECTS=${EXPECTS:-1000}
 else
-  SIZES=${SIZES:-100000 500000} EVENTS=${EVENTS:-200000}
+  SIZES=${SIZES:-100000 500000} EVENTS=${EVENTS:-200000} EXPECTS=${EXPECTS:-4000}
 fi
 case $DAEMONS in
 conntrackd | ctsyncd | "conntrackd ctsyncd") ;;
 *) echo "--only takes conntrackd or ctsyncd" >&2; exit 2 ;;
 esac
-for v in $SIZES $EVENTS $LOADERS $ROUNDS; do
+for v in $SIZES $EVENTS $LOADERS $ROUNDS $EXPECTS; do
   [[ $v =~ ^[0-9]+$ ]] || { echo "not a number: $v" >&2; exit 2; }
 done
 [ "$LOADERS" -ge 1 ] || { echo "--loaders must be at least 1" >&2; exit 2; }
@@ -575,6 +583,76 @@ bench_commit() {  # ROUND DAEMON N
   stop_pair "$d"
 }
 
+# Expectations B's daemon holds for A; -1 if it does not answer.
+b_expects() {  # DAEMON
+  local out
+  case $1 in
+  conntrackd) out=$(conntrackd_ctl b -e expect 2>/dev/null | grep -c 'proto=') ;;
+  ctsyncd) out=$(ctsyncctl b list --expect --replica 2>/dev/null | grep -c 'proto=') ;;
+  esac
+  echo "${out:--1}"
+}
+kernel_expects() { timeout 10 ip netns exec "$1" conntrack -L expect 2>/dev/null | grep -c 'proto='; }
+
+# The expectation scenario: X FTP control flows (the ftp helper attached) and one expectation
+# each in A's kernel (expect_loader); once B holds them, A dies and B commits, as in a failover.
+# Timed until B's kernel holds every expectation (their masters go first).
+bench_expect() {  # ROUND DAEMON X
+  local round=$1 d=$2 x=$3 out c i t0 t1 all=""
+  log "$d: expectations $x — starting the pair"
+  start_pair "$d"
+  out=$(timeout 120 ip netns exec "$NS_A" "$EXPECT_LOADER" "$x" 2>&1) ||
+    die "expect_loader in A: $out"
+  log "$d: A's kernel: $out"
+  for ((i = 0; i < SYNC_TIMEOUT * 10; i++)); do
+    c=$(b_expects "$d")
+    [ "$c" -ge "$x" ] && break
+    check_alive "$d"
+    sleep 0.1
+  done
+  log "$d: B's daemon holds $c of $x expectations"
+  record "$round" "$d" "expect_$x.held_by_b" "$c"
+  if [ "$c" -lt "$x" ]; then
+    FAILED=1
+    log "$d: FAIL: B holds $c of $x expectations; commit not measured"
+    stop_pair "$d"
+    return
+  fi
+  kill -KILL "${PIDS[$d-a]}" 2>/dev/null
+  wait "${PIDS[$d-a]}" 2>/dev/null
+  unset "PIDS[$d-a]"
+  timeout 120 ip netns exec "$NS_A" conntrack -F >/dev/null 2>&1 || die "conntrack -F in A"
+  t0=$EPOCHREALTIME
+  case $d in
+  # conntrackd commits its flows, then its expectations (ExpectationSync on).
+  conntrackd) out=$(CTL_TIMEOUT=$COMMIT_TIMEOUT conntrackd_ctl b -c 2>&1) ;;
+  ctsyncd) out=$(CTL_TIMEOUT=$COMMIT_TIMEOUT ctsyncctl b promote 2>&1) ;;
+  esac
+  t1=$EPOCHREALTIME
+  for ((i = 0; i < COMMIT_TIMEOUT * 20; i++)); do
+    c=$(kernel_expects "$NS_B")
+    if [ "$c" -ge "$x" ]; then
+      all=$EPOCHREALTIME
+      break
+    fi
+    sleep 0.05
+  done
+  [ -n "$out" ] && log "$d: commit command said: $(echo "$out" | tr '\n' ' ')"
+  if [ -n "$all" ]; then
+    local s
+    # The command returns once the kernel holds them; a check right after can only add time.
+    if ((${t1/./} < ${all/./})); then s=$(secs "$t0" "$all"); else s=$(secs "$t0" "$t1"); fi
+    log "$d: B's kernel holds all $x expectations (and their masters) $s s after the commit began"
+    record "$round" "$d" "expect_$x.per_s" "$(rate "$x" "$s")"
+    record "$round" "$d" "expect_$x.seconds" "$s"
+  else
+    FAILED=1
+    log "$d: FAIL: B's kernel holds $c of $x expectations $COMMIT_TIMEOUT s after the commit"
+    record "$round" "$d" "expect_$x.landed" "$c"
+  fi
+  stop_pair "$d"
+}
+
 # The event scenario (see the top of the file).
 bench_events() {  # ROUND DAEMON M
   local round=$1 d=$2 m=$3 prefix c held left t0 t1 s
@@ -622,7 +700,7 @@ bench_events() {  # ROUND DAEMON M
 # One row per metric: conntrackd, ctsyncd, ratio. With several rounds, each round's figure.
 print_table() {
   local sizes="$SIZES"
-  awk -F '\t' -v sizes="$sizes" -v events="$EVENTS" -v rounds="$ROUNDS" '
+  awk -F '\t' -v sizes="$sizes" -v events="$EVENTS" -v rounds="$ROUNDS" -v expects="$EXPECTS" '
     { v[$2, $3] = cnt[$2, $3] ? v[$2, $3] " / " $4 : $4
       sum[$2, $3] += $4; cnt[$2, $3]++ }
     function cell(d, k) { return ((d, k) in v) ? v[d, k] : "—" }
@@ -664,6 +742,12 @@ print_table() {
         row("events " events ": deletes/s replicated to B", "delete.replicated_per_s", "rate")
         row("events " events ": deletes lost (still held)", "delete.lost", "count")
       }
+      if (expects > 0) {
+        row("expectations " expects ": held by B before the commit", "expect_" expects ".held_by_b", "count")
+        row("expectations " expects " (+ masters) committed: expectations/s", "expect_" expects ".per_s", "rate")
+        row("expectations " expects ": s until B kernel holds all", "expect_" expects ".seconds", "time")
+        row("expectations " expects ": landed (FAILED commit)", "expect_" expects ".landed", "count")
+      }
       if (rounds > 1) print "(a / b / ...: one figure per round; the ratio compares the means)"
     }' "$RESULTS"
 }
@@ -673,12 +757,16 @@ print_table() {
 log "work directory: $WORK; $(nproc) CPUs; kernel $(uname -r); load $(cut -d' ' -f1-3 /proc/loadavg)"
 log "conntrackd: $("$CONNTRACKD" -v 2>&1 | head -n 1)"
 case " $DAEMONS " in *" ctsyncd "*) log "ctsyncd: $CTSYNCD" ;; esac
-log "sizes: $SIZES; event burst: $EVENTS; loaders: $LOADERS; rounds: $ROUNDS"
+log "sizes: $SIZES; event burst: $EVENTS; expectations: $EXPECTS; loaders: $LOADERS; rounds: $ROUNDS"
+if [ "$EXPECTS" -gt 0 ] && [ ! -x "$EXPECT_LOADER" ]; then
+  die "no expect_loader at $EXPECT_LOADER (build it: cmake --build build --target expect_loader)"
+fi
 
 for ((round = 1; round <= ROUNDS; round++)); do
   for d in $DAEMONS; do
     for n in $SIZES; do bench_commit "$round" "$d" "$n"; done
     [ "$EVENTS" -gt 0 ] && bench_events "$round" "$d" "$EVENTS"
+    [ "$EXPECTS" -gt 0 ] && bench_expect "$round" "$d" "$EXPECTS"
   done
 done
 
