@@ -1197,6 +1197,28 @@ TEST_F(KernelNetns, SequenceAdjustmentCommittedAndReadBack) {
   EXPECT_EQ(kernel.at(ftp.key).seqAdj[0], ftp.seqAdj[0]);
 }
 
+// SCTP state and verification tags go into the kernel with the flow and come back from a dump
+// (the kernel checks every chunk's tag against them: a flow without them drops the association).
+TEST_F(KernelNetns, SctpStateAndTagsCommittedAndReadBack) {
+  auto sink = openSink();
+  ASSERT_TRUE(sink);
+  FlowRecord sctp = flow(tuple(L3::kIpv4, 132, v4(0x0a460001), v4(0x0a460002), 3868, 3868),
+                         st::kSeenReply | st::kAssured, 3000);
+  sctp.sctpState = 4;  // ESTABLISHED
+  sctp.sctpVtag[0] = 0x01020304;
+  sctp.sctpVtag[1] = 0xa0b0c0d0;
+  const CommitResult res = sink->commit(std::span<const FlowRecord>(&sctp, 1));
+  ASSERT_EQ(res.created, 1u) << (res.errors.empty() ? "" : res.errors.front());
+  const Table kernel = dumpTable();
+  ASSERT_EQ(kernel.count(sctp.key), 1u);
+  const FlowRecord& got = kernel.at(sctp.key);
+  EXPECT_EQ(got.sctpState, 4);
+  EXPECT_EQ(got.sctpVtag[0], 0x01020304u);
+  EXPECT_EQ(got.sctpVtag[1], 0xa0b0c0d0u);
+  EXPECT_NE(out("conntrack -L -p sctp").find("ESTABLISHED src=10.70.0.1 dst=10.70.0.2 sport=3868"),
+            std::string::npos);
+}
+
 // ---- expectations ------------------------------------------------------------------------
 
 // An FTP data connection as the ftp helper announces it after a PORT from 10.70.1.1 through
