@@ -232,8 +232,7 @@ Nanos Daemon::now() const {
 }
 
 uint32_t Daemon::remainingSeconds(const ReplicaFlow& f) const {
-  const Nanos left = f.remaining(now());
-  return static_cast<uint32_t>(std::max<Nanos>(0, (left + kSecond - 1) / kSecond));
+  return table::secondsLeft(f.remaining(now()));
 }
 
 // ---- kernel source (active) ----------------------------------------------------------------
@@ -529,6 +528,11 @@ std::string Daemon::commitSummary(const CommitResult& r) const {
   return out;
 }
 
+std::string Daemon::expectSummary(const ExpectCommitResult& e) {
+  return std::to_string(e.created + e.failed) + " expectations (created " +
+         std::to_string(e.created) + ", failed " + std::to_string(e.failed) + ")";
+}
+
 // ---- operations ----------------------------------------------------------------------------
 
 void Daemon::promote(ReplyFn done) {
@@ -600,8 +604,7 @@ void Daemon::replyPromoted(const CommitResult& r, const ExpectCommitResult& e, R
   }
   std::string text = "promoted: " + commitSummary(r);
   if (expect_) {
-    text += "\n" + std::to_string(e.created + e.failed) + " expectations (created " +
-            std::to_string(e.created) + ", failed " + std::to_string(e.failed) + ")";
+    text += "\n" + expectSummary(e);
     for (const std::string& line : e.errors) text += "\n  " + line;
   }
   done({true, text});
@@ -690,10 +693,7 @@ void Daemon::commit(ReplyFn done) {
     spdlog::info("committed created={} updated={} failed={} seconds={:.3f} expectations={}",
                  r.created, r.updated, r.failed, r.seconds, e.created);
     std::string text = "committed: " + commitSummary(r);
-    if (expect_) {
-      text += "\n" + std::to_string(e.created + e.failed) + " expectations (created " +
-              std::to_string(e.created) + ", failed " + std::to_string(e.failed) + ")";
-    }
+    if (expect_) text += "\n" + expectSummary(e);
     done({r.failed == 0 && e.failed == 0, text});
   });
 }

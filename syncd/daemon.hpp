@@ -137,6 +137,7 @@ class Daemon {
   void armRefresh();
   void emit(bool replica, const std::string& line);
   std::string commitSummary(const CommitResult& r) const;
+  static std::string expectSummary(const ExpectCommitResult& e);  // "N expectations (...)"
 
   boost::asio::io_context& io_;
   conf::Config config_;

@@ -11,7 +11,6 @@ namespace ctsync::syncd {
 
 using replication::Node;
 using replication::ReplicaExpect;
-using table::kSecond;
 using table::Nanos;
 
 std::variant<std::unique_ptr<ExpectSync>, std::string> ExpectSync::open(
@@ -115,8 +114,7 @@ void ExpectSync::onDumpEnd() {
 }
 
 uint32_t ExpectSync::remainingSeconds(const ReplicaExpect& e) const {
-  const Nanos left = e.remaining(Node::monotonicNow());
-  return static_cast<uint32_t>(std::max<Nanos>(0, (left + kSecond - 1) / kSecond));
+  return table::secondsLeft(e.remaining(Node::monotonicNow()));
 }
 
 std::optional<ExpectRecord> ExpectSync::committable(const ReplicaExpect& e) const {

@@ -16,13 +16,17 @@ using table::status::kDstNat;
 using table::status::kSeenReply;
 using table::status::kSrcNat;
 
+// "    [NEW] ": the event's name as conntrack -E prints it, right-aligned; "" without one.
+std::string eventTag(const char* event) {
+  if (event == nullptr) return {};
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%9s ", (std::string("[") + event + "]").c_str());
+  return buf;
+}
+
 std::string prefix(const table::Tuple& t, const char* event) {
   char buf[64];
-  std::string out;
-  if (event != nullptr) {
-    std::snprintf(buf, sizeof buf, "%9s ", (std::string("[") + event + "]").c_str());
-    out += buf;
-  }
+  std::string out = eventTag(event);
   std::snprintf(buf, sizeof buf, "%-8s %u %-8s %u ", t.l3 == table::L3::kIpv4 ? "ipv4" : "ipv6",
                 static_cast<unsigned>(t.l3), table::l4ProtoName(t.l4), static_cast<unsigned>(t.l4));
   return out + buf;
@@ -160,12 +164,7 @@ void appendExpectTuple(std::string& out, const table::Tuple& t, const char* pref
 
 std::string formatExpect(const replication::ExpectRecord& e, uint32_t remainingSec,
                          const char* event) {
-  std::string out;
-  if (event != nullptr) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%9s ", (std::string("[") + event + "]").c_str());
-    out += buf;
-  }
+  std::string out = eventTag(event);
   out += std::to_string(remainingSec) + " proto=" + std::to_string(e.key.expected.l4) + " ";
   appendExpectTuple(out, e.key.expected, "");
   appendExpectTuple(out, e.mask, "mask-");

@@ -76,6 +76,7 @@ constexpr auto kEchoLifetime = std::chrono::seconds(5);
 constexpr auto kAnswerTimeout = std::chrono::seconds(10);
 
 using netlink::errnoText;
+using netlink::family;
 using netlink::MnlPtr;
 using netlink::NfctPtr;
 using netlink::setBuffer;
@@ -104,10 +105,6 @@ bool isIcmp(uint8_t l4) {
 // NAT changes ports only for the trackers that have them (nf_nat_proto.c).
 bool natHasPorts(uint8_t l4) {
   return hasPorts(l4) && l4 != 47;
-}
-
-int family(L3 l3) {
-  return l3 == L3::kIpv4 ? AF_INET : AF_INET6;
 }
 
 // ---- address helpers ---------------------------------------------------------------------

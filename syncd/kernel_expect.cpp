@@ -24,6 +24,7 @@ namespace {
 
 namespace asio = boost::asio;
 using netlink::errnoText;
+using netlink::family;
 using netlink::MnlPtr;
 using netlink::NfctPtr;
 using netlink::NfexpPtr;
@@ -33,10 +34,6 @@ constexpr size_t kRecvBufferBytes = 256 * 1024;
 constexpr size_t kMaxMessageBytes = 1024;
 constexpr size_t kMessagesPerSend = 256;
 constexpr size_t kMaxErrorLines = 8;
-
-int family(table::L3 l3) {
-  return l3 == table::L3::kIpv4 ? AF_INET : AF_INET6;
-}
 
 std::optional<Tuple> tupleAttr(const nf_expect* exp, nf_expect_attr attr) {
   const auto* ct = static_cast<const nf_conntrack*>(nfexp_get_attr(exp, attr));

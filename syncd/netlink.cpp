@@ -26,6 +26,10 @@ std::string errnoText(int err) {
   return std::strerror(err);
 }
 
+int family(table::L3 l3) {
+  return l3 == table::L3::kIpv4 ? AF_INET : AF_INET6;
+}
+
 nlmsghdr* putHeader(void* buf, uint8_t subsys, uint8_t msgType, uint16_t flags, uint32_t seq,
                     uint8_t family) {
   nlmsghdr* nlh = mnl_nlmsg_put_header(buf);

@@ -6,6 +6,8 @@
 #include <string>
 #include <variant>
 
+#include "table/tuple.hpp"
+
 struct mnl_socket;     // libmnl
 struct nf_conntrack;   // libnetfilter_conntrack
 struct nf_expect;      // libnetfilter_conntrack
@@ -29,6 +31,9 @@ struct MnlDeleter {
 using MnlPtr = std::unique_ptr<mnl_socket, MnlDeleter>;
 
 std::string errnoText(int err);
+
+// AF_INET or AF_INET6: the nfgen_family of a request about a tuple of `l3`.
+int family(table::L3 l3);
 
 // A request header (nlmsghdr + nfgenmsg) at `buf` for subsystem `subsys`
 // (NFNL_SUBSYS_CTNETLINK or NFNL_SUBSYS_CTNETLINK_EXP).

@@ -14,6 +14,11 @@ inline constexpr Nanos seconds(int64_t s) {
   return s * kSecond;
 }
 
+// A time left as the whole seconds conntrack prints: rounded up, never negative.
+inline constexpr uint32_t secondsLeft(Nanos left) {
+  return static_cast<uint32_t>(left <= 0 ? 0 : (left + kSecond - 1) / kSecond);
+}
+
 // Packet direction relative to the entry: the direction that created it is kOriginal.
 enum class Dir : uint8_t { kOriginal = 0, kReply = 1 };
 inline constexpr int index(Dir d) {

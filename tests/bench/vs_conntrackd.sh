@@ -471,6 +471,25 @@ load_flows() {  # PREFIX
 }
 
 # The commit scenario (see the top of the file).
+# As in a failover, the active node is gone when B commits: A's daemon is killed and A's
+# kernel flushed. Namespaces share one conntrack hash table, so A's N entries would otherwise
+# slow B's inserts (on two machines they would not meet).
+kill_a() {  # DAEMON
+  kill -KILL "${PIDS[$1-a]}" 2>/dev/null
+  wait "${PIDS[$1-a]}" 2>/dev/null
+  unset "PIDS[$1-a]"
+  timeout 120 ip netns exec "$NS_A" conntrack -F >/dev/null 2>&1 || die "conntrack -F in A"
+}
+
+# B writes what it holds into its kernel: `conntrackd -c`, `ctsyncctl promote`. Prints what the
+# command said; its exit status is the command's.
+commit_b() {  # DAEMON
+  case $1 in
+  conntrackd) CTL_TIMEOUT=$COMMIT_TIMEOUT conntrackd_ctl b -c 2>&1 ;;
+  ctsyncd) CTL_TIMEOUT=$COMMIT_TIMEOUT ctsyncctl b promote 2>&1 ;;
+  esac
+}
+
 bench_commit() {  # ROUND DAEMON N
   local round=$1 d=$2 n=$3 prefix c held t0 t1 out cmd_s
   prefix=$(flow_files "$n")
@@ -505,13 +524,7 @@ bench_commit() {  # ROUND DAEMON N
     fi
   fi
 
-  # As in a failover, the active node is gone when B commits: A's daemon is killed and A's
-  # kernel flushed. Namespaces share one conntrack hash table, so A's N entries would otherwise
-  # slow B's inserts (on two machines they would not meet).
-  kill -KILL "${PIDS[$d-a]}" 2>/dev/null
-  wait "${PIDS[$d-a]}" 2>/dev/null
-  unset "PIDS[$d-a]"
-  timeout 120 ip netns exec "$NS_A" conntrack -F >/dev/null 2>&1 || die "conntrack -F in A"
+  kill_a "$d"
   c=$(kernel_count "$NS_B")
   [ "$c" -eq 0 ] || log "$d: note: B's kernel held $c flows before the commit"
   # B's kernel is watched from before the command until it holds the flows, so the time counts
@@ -520,10 +533,7 @@ bench_commit() {  # ROUND DAEMON N
   t0=$EPOCHREALTIME
   poll_kernel "$NS_B" "$target" $((${t0/./} + COMMIT_TIMEOUT * 1000000)) "$poll" &
   PIDS[poller]=$!
-  case $d in
-  conntrackd) out=$(CTL_TIMEOUT=$COMMIT_TIMEOUT conntrackd_ctl b -c 2>&1) ;;
-  ctsyncd) out=$(CTL_TIMEOUT=$COMMIT_TIMEOUT ctsyncctl b promote 2>&1) ;;
-  esac
+  out=$(commit_b "$d")
   cmd_rc=$?
   t1=$EPOCHREALTIME
   # One more look right after the command: the poller samples every 50 ms.
@@ -618,16 +628,10 @@ bench_expect() {  # ROUND DAEMON X
     stop_pair "$d"
     return
   fi
-  kill -KILL "${PIDS[$d-a]}" 2>/dev/null
-  wait "${PIDS[$d-a]}" 2>/dev/null
-  unset "PIDS[$d-a]"
-  timeout 120 ip netns exec "$NS_A" conntrack -F >/dev/null 2>&1 || die "conntrack -F in A"
+  kill_a "$d"
   t0=$EPOCHREALTIME
-  case $d in
   # conntrackd commits its flows, then its expectations (ExpectationSync on).
-  conntrackd) out=$(CTL_TIMEOUT=$COMMIT_TIMEOUT conntrackd_ctl b -c 2>&1) ;;
-  ctsyncd) out=$(CTL_TIMEOUT=$COMMIT_TIMEOUT ctsyncctl b promote 2>&1) ;;
-  esac
+  out=$(commit_b "$d")
   t1=$EPOCHREALTIME
   for ((i = 0; i < COMMIT_TIMEOUT * 20; i++)); do
     c=$(kernel_expects "$NS_B")
